@@ -1,0 +1,40 @@
+# Nexus: `make run` starts the engine on the embedded defaults, `make test` runs every test.
+# Both create .venv on first use and are quick when it is already up to date.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP     := $(VENV)/.dev-installed
+
+.PHONY: run test lint bench venv dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): setup.cfg pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
+$(DEV_STAMP): $(RUNTIME_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+venv: $(RUNTIME_STAMP)
+dev: $(DEV_STAMP)
+
+run: $(RUNTIME_STAMP)
+	$(BIN)/nexus run-default
+
+test: $(DEV_STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check engine tests bench
+	$(BIN)/nexus lint config/
+
+bench: $(DEV_STAMP)
+	$(BIN)/python bench/lint_bench.py
+
+clean:
+	rm -rf $(VENV) var .cache .pytest_cache .hypothesis
