@@ -1,0 +1,117 @@
+"""Secret references: `${env:NAME}` and `${file:PATH}` in config values.
+
+Secrets never appear in config files. A value containing references is loaded as a
+:class:`Ref` (a ``str`` holding the raw text, so schemas type-check it as a string) and is
+resolved only when the engine needs the value. A resolved value is never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# ${env:NAME} (NAME: letters, digits, underscore) or ${file:PATH} (anything up to '}').
+REF_PATTERN = re.compile(r"\$\{(?P<kind>[A-Za-z]+):(?P<target>[^}]*)\}")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KINDS = ("env", "file")
+
+
+@dataclass(frozen=True, slots=True)
+class RefPart:
+    kind: str
+    target: str
+    start: int
+    end: int
+
+
+class Ref(str):
+    """A config string that contains one or more secret references."""
+
+    __slots__ = ("base_dir",)
+    base_dir: str
+
+    def __new__(cls, text: str, base_dir: str = ".") -> Ref:
+        obj = super().__new__(cls, text)
+        obj.base_dir = base_dir
+        return obj
+
+    @property
+    def parts(self) -> list[RefPart]:
+        return [
+            RefPart(m["kind"], m["target"], m.start(), m.end())
+            for m in REF_PATTERN.finditer(self)
+        ]
+
+    @property
+    def is_whole(self) -> bool:
+        """True when the value is exactly one reference and nothing else."""
+        parts = self.parts
+        return len(parts) == 1 and parts[0].start == 0 and parts[0].end == len(self)
+
+
+class RefError(ValueError):
+    """A reference that cannot be resolved: unknown kind, bad name, unset var, missing file."""
+
+    def __init__(self, message: str, *, unset: bool = False) -> None:
+        super().__init__(message)
+        self.unset = unset
+
+
+def has_ref(text: str) -> bool:
+    return "${" in text and REF_PATTERN.search(text) is not None
+
+
+def check_syntax(ref: Ref) -> list[str]:
+    """Problems with a reference's own syntax (not whether it resolves)."""
+    problems = []
+    for part in ref.parts:
+        if part.kind not in KINDS:
+            problems.append(
+                f"unknown reference kind '{part.kind}' in '${{{part.kind}:...}}': "
+                "must be '${env:NAME}' or '${file:PATH}'"
+            )
+        elif part.kind == "env" and not ENV_NAME.match(part.target):
+            problems.append(
+                f"'{part.target}' is not a valid environment variable name: "
+                "use letters, digits and '_', not starting with a digit"
+            )
+        elif part.kind == "file" and not part.target.strip():
+            problems.append("'${file:}' names no file: give a path, e.g. '${file:/run/secrets/x}'")
+    return problems
+
+
+def resolve(ref: str, env: Mapping[str, str] | None = None) -> str:
+    """Return the value with every reference substituted. Raises RefError."""
+    if not isinstance(ref, Ref):
+        return ref
+    env = os.environ if env is None else env
+    out: list[str] = []
+    pos = 0
+    for part in ref.parts:
+        out.append(ref[pos : part.start])
+        for problem in check_syntax(Ref(ref[part.start : part.end])):
+            raise RefError(problem)
+        if part.kind == "env":
+            if part.target not in env:
+                raise RefError(f"environment variable '{part.target}' is not set", unset=True)
+            out.append(env[part.target])
+        else:
+            path = Path(part.target)
+            if not path.is_absolute():
+                path = Path(ref.base_dir) / path
+            try:
+                # Secret files conventionally end with a newline that is not part of the value.
+                out.append(path.read_text(encoding="utf-8").rstrip("\r\n"))
+            except OSError as exc:
+                raise RefError(
+                    f"secret file '{part.target}' cannot be read ({exc.strerror or exc})",
+                    unset=isinstance(exc, FileNotFoundError),
+                ) from None
+            except UnicodeDecodeError:
+                raise RefError(f"secret file '{part.target}' is not UTF-8 text") from None
+        pos = part.end
+    out.append(ref[pos:])
+    return "".join(out)
