@@ -325,6 +325,8 @@ def load_text(text: str, file: str, base_dir: str = ".") -> LoadResult:
             builder = _Builder(file, findings, base_dir)
             data = builder.build(node)
             result.documents.append(Document(file, index, data, builder.marks, base_dir))
+        if not result.documents:
+            findings.warning(Mark(file, 1, 1), "NX008", "file holds no YAML document")
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _mark(file, mark) if mark is not None else Mark(file, 1, 1)
