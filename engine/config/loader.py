@@ -11,14 +11,16 @@ or binary files are findings, never exceptions or silent surprises.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
-from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.nodes import ScalarNode
 
 from engine.config.diagnostics import Findings, Mark, describe
 from engine.config.refs import Ref, has_ref
@@ -34,8 +36,7 @@ YAML_SUFFIXES = (".yaml", ".yml")
 PathKey = tuple[Any, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class NodeMarks:
+class NodeMarks(NamedTuple):
     key: Mark | None
     value: Mark
 
@@ -114,161 +115,374 @@ def _position_mark(file: str, text: str, position: int) -> Mark:
     return Mark(file, line, column)
 
 
-class _Builder:
-    """Turns one composed YAML node tree into plain data and marks."""
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = {
+    yaml.MappingStartEvent: (None, "!", "tag:yaml.org,2002:map"),
+    yaml.SequenceStartEvent: (None, "!", "tag:yaml.org,2002:seq"),
+}
+_RESOLVER = yaml.resolver.Resolver()
+# First characters for which a plain scalar may be something other than a string.
+_RESOLVABLE_FIRST = frozenset(ch for ch in _RESOLVER.yaml_implicit_resolvers if ch)
+_CONSTRUCTOR = yaml.SafeLoader("")  # only its scalar constructors are used
+_STARTS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
+_ScalarEvent = yaml.ScalarEvent
+_ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
-    def __init__(self, file: str, findings: Findings, base_dir: str) -> None:
+
+class _Key:
+    """Sentinels for the key slot of an open mapping."""
+
+    NONE = object()  # waiting for a key
+    MERGE = object()  # '<<': the value is merged into the mapping
+    DROP = object()  # duplicate or complex key: the value is read and dropped
+
+
+class _Frame:
+    """A mapping or sequence that is open while events stream in."""
+
+    __slots__ = ("value", "path", "is_map", "key", "key_mark", "key_marks", "merges", "anchor",
+                 "anchor_start", "index", "dropped")
+
+    def __init__(self, value: Any, path: PathKey, anchor: str | None, anchor_start: int) -> None:
+        self.value = value
+        self.path = path
+        self.is_map = isinstance(value, dict)
+        self.key: Any = _Key.NONE
+        self.key_mark: Mark | None = None
+        self.key_marks: dict[Any, Mark] = {}
+        self.merges: list[PathKey] = []
+        self.anchor = anchor
+        self.anchor_start = anchor_start
+        self.index = 0
+        self.dropped = 0
+
+    @property
+    def expects_key(self) -> bool:
+        return self.is_map and self.key is _Key.NONE
+
+
+class _Builder:
+    """Builds one document's plain data and marks from the parser's event stream.
+
+    Iterative (deep nesting cannot overflow the stack) and single pass: events become
+    values directly, without composing a node tree first.
+    """
+
+    def __init__(self, file: str, findings: Findings, base_dir: str, keep_list: bool) -> None:
         self.file = file
         self.findings = findings
         self.base_dir = base_dir
         self.marks: dict[PathKey, NodeMarks] = {}
+        # Every recorded (path, marks) in order; only needed to copy marks for aliases and
+        # merges, so documents without anchors don't pay for it.
+        self.mark_list: list[tuple[PathKey, NodeMarks]] = []
+        self.keep_list = keep_list
+        self.anchors: dict[str, tuple[Any, PathKey, list[tuple[PathKey, NodeMarks]]]] = {}
+        self.open_anchors: set[str] = set()
+        self.stack: list[_Frame] = []
+        self.root: Any = None
         self.nodes = 0
-        self.too_many = False
-        self._scalars = yaml.SafeLoader("")  # only its scalar constructors are used
-        self._active: set[int] = set()  # nodes on the current path, to catch alias cycles
+        self.skip = 0  # depth of a subtree being skipped (too deep, or a complex key)
+        self.skip_is_key = False
+        self.too_big = False
 
-    def build(self, node: Node) -> Any:
-        return self._value(node, (), None, 0)
+    # -- events --------------------------------------------------------------------------
+    def feed(self, event: Any) -> None:
+        cls = event.__class__
+        # Fast path for the bulk of a config: untagged, unanchored string scalars inside a
+        # mapping or sequence. Everything else goes through the general code below.
+        if cls is _ScalarEvent and self.stack and not self.skip and not event.anchor:
+            value = event.value
+            plain, quoted = event.implicit
+            if (plain and value and value[0] not in _RESOLVABLE_FIRST) or (
+                quoted and not plain and event.tag is None
+            ):
+                if "${" in value and has_ref(value):
+                    value = Ref(value, self.base_dir)
+                frame = self.stack[-1]
+                start = event.start_mark
+                mark = Mark(self.file, start.line + 1, start.column + 1)
+                if frame.is_map:
+                    key = frame.key
+                    if key is _Key.NONE:
+                        self._set_key(frame, value, mark)
+                        return
+                    if key is not _Key.MERGE and key is not _Key.DROP:
+                        path = (*frame.path, key)
+                        self._record(path, frame.key_mark, mark)
+                        self.nodes += 1
+                        frame.value[key] = value
+                        frame.key = _Key.NONE
+                        return
+                else:
+                    self._record((*frame.path, frame.index), None, mark)
+                    self.nodes += 1
+                    frame.value.append(value)
+                    frame.index += 1
+                    return
+        if self.skip:
+            if cls in _STARTS:
+                self.skip += 1
+            elif cls in _ENDS:
+                self.skip -= 1
+                if not self.skip:
+                    self._after_skip()
+            return
+        start = event.start_mark
+        mark = Mark(self.file, start.line + 1, start.column + 1)
+        frame = self.stack[-1] if self.stack else None
+        if frame is not None and frame.expects_key:
+            self._key_event(frame, event, cls, mark)
+        elif cls is yaml.ScalarEvent:
+            value = self._scalar(event, mark)
+            path, key_mark = self._slot()
+            self._record(path, key_mark, mark)
+            self._count(1, mark)
+            if event.anchor:
+                self.anchors[event.anchor] = (value, path, [(path, self.marks[path])])
+            self._attach(value)
+        elif cls is yaml.AliasEvent:
+            self._alias(event.anchor, mark)
+        elif cls in _STARTS:
+            self._start(event, cls, mark)
+        elif cls in _ENDS:
+            self._end()
 
-    def _value(self, node: Node, path: PathKey, key_mark: Mark | None, depth: int) -> Any:
-        value_mark = _mark(self.file, node.start_mark)
-        self.marks[path] = NodeMarks(key_mark, value_mark)
-        self.nodes += 1
-        if self.nodes > MAX_NODES_PER_DOCUMENT:
-            if not self.too_many:
-                self.too_many = True
-                self.findings.error(
-                    value_mark,
-                    "NX009",
-                    f"document expands to more than {MAX_NODES_PER_DOCUMENT} nodes "
-                    "(aliases repeated too often?): config documents must be small",
-                )
-            return None
-        if depth > MAX_DEPTH:
-            self.findings.error(
-                value_mark,
-                "NX005",
-                f"nesting deeper than {MAX_DEPTH} levels at {_dotted(path)}: "
-                "no config option is nested this deep",
-            )
-            return None
-        if isinstance(node, ScalarNode):
-            return self._scalar(node, value_mark)
-        if id(node) in self._active:
-            self.findings.error(
-                value_mark, "NX009", f"alias at {_dotted(path)} refers to itself (a cycle)"
-            )
-            return None
-        self._active.add(id(node))
-        try:
-            if isinstance(node, SequenceNode):
-                self._check_tag(node, "tag:yaml.org,2002:seq", value_mark)
-                return [
-                    self._value(item, (*path, i), None, depth + 1)
-                    for i, item in enumerate(node.value)
-                ]
-            if isinstance(node, MappingNode):
-                self._check_tag(node, "tag:yaml.org,2002:map", value_mark)
-                return self._mapping(node, path, depth)
-        finally:
-            self._active.discard(id(node))
-        return None  # pragma: no cover - composer yields only these node kinds
+    def _key_event(self, frame: _Frame, event: Any, cls: type, mark: Mark) -> None:
+        if cls is yaml.ScalarEvent:
+            key = self._scalar(event, mark)
+            if event.anchor:
+                self.anchors[event.anchor] = (key, frame.path, [])
+            self._set_key(frame, key, mark)
+        elif cls is yaml.AliasEvent:
+            entry = self.anchors.get(event.anchor)
+            key = entry[0] if entry else None
+            if isinstance(key, (dict, list)):
+                self._complex_key(frame, mark)
+                frame.key = _Key.DROP
+            else:
+                self._set_key(frame, key, mark)
+        elif cls in _STARTS:
+            self._complex_key(frame, mark)
+            self.skip, self.skip_is_key = 1, True
+        elif cls in _ENDS:  # an empty mapping ends while waiting for a key
+            self._end()
 
-    def _check_tag(self, node: Node, expected: str, mark: Mark) -> None:
-        if node.tag != expected:
-            self.findings.error(
-                mark, "NX010", f"unsupported YAML tag '{node.tag}': config uses plain YAML only"
-            )
+    def _complex_key(self, frame: _Frame, mark: Mark) -> None:
+        self.findings.error(
+            mark,
+            "NX011",
+            f"a mapping key in {_dotted(frame.path)} is a list or mapping: "
+            "keys must be plain scalars",
+        )
 
-    def _scalar(self, node: ScalarNode, mark: Mark) -> Any:
-        constructor = self._scalars.yaml_constructors.get(node.tag)
-        if constructor is None:
+    def _after_skip(self) -> None:
+        if self.skip_is_key:
+            self.stack[-1].key = _Key.DROP
+            self.skip_is_key = False
+        else:
+            self._attach(None)
+
+    def _start(self, event: Any, cls: type, mark: Mark) -> None:
+        if len(self.stack) >= MAX_DEPTH:
             self.findings.error(
                 mark,
-                "NX010",
-                f"unsupported YAML tag '{node.tag}' on {describe(node.value)}: "
-                "config uses plain YAML only (remove the tag or quote the value)",
+                "NX005",
+                f"nesting deeper than {MAX_DEPTH} levels: no config option is nested this deep",
             )
-            return node.value
-        try:
-            value = constructor(self._scalars, node)
-        except (yaml.YAMLError, ValueError, TypeError) as exc:
+            self.skip, self.skip_is_key = 1, False
+            return
+        if event.tag not in _COLLECTION_TAGS[cls]:
             self.findings.error(
-                mark, "NX003", f"cannot read {describe(node.value)} as {node.tag}: {exc}"
+                mark, "NX010", f"unsupported YAML tag '{event.tag}': config uses plain YAML only"
             )
-            return node.value
-        if isinstance(value, str) and has_ref(value):
-            return Ref(value, self.base_dir)
-        return value
+        path, key_mark = self._slot()
+        self._record(path, key_mark, mark)
+        self._count(1, mark)
+        value: Any = {} if cls is yaml.MappingStartEvent else []
+        if event.anchor:
+            self.open_anchors.add(event.anchor)
+        self.stack.append(_Frame(value, path, event.anchor, len(self.mark_list) - 1))
 
-    def _mapping(self, node: MappingNode, path: PathKey, depth: int) -> dict[Any, Any]:
-        result: dict[Any, Any] = {}
-        explicit: dict[Any, Mark] = {}
-        merges: list[Node] = []
-        for key_node, value_node in node.value:
-            key_mark = _mark(self.file, key_node.start_mark)
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                merges.append(value_node)
-                continue
-            if not isinstance(key_node, ScalarNode):
-                self.findings.error(
-                    key_mark,
-                    "NX011",
-                    f"mapping key at {_dotted(path)} is a {'list' if isinstance(key_node, SequenceNode) else 'mapping'}: "  # noqa: E501
-                    "keys must be plain scalars",
-                )
-                continue
-            key = self._scalar(key_node, key_mark)
+    def _end(self) -> None:
+        frame = self.stack.pop()
+        if frame.merges:
+            self._apply_merges(frame)
+        if frame.anchor is not None:
+            self.anchors[frame.anchor] = (
+                frame.value, frame.path, self.mark_list[frame.anchor_start:]
+            )
+            self.open_anchors.discard(frame.anchor)
+        self._attach(frame.value)
+
+    def _alias(self, anchor: str, mark: Mark) -> None:
+        path, key_mark = self._slot()
+        if anchor in self.open_anchors:
+            self.findings.error(
+                mark, "NX009", f"alias '*{anchor}' at {_dotted(path)} refers to itself (a cycle)"
+            )
+            self._record(path, key_mark, mark)
+            self._attach(None)
+            return
+        entry = self.anchors.get(anchor)
+        if entry is None:
+            self.findings.error(
+                mark, "NX003", f"alias '*{anchor}' is used before any anchor '&{anchor}' defines it"
+            )
+            self._record(path, key_mark, mark)
+            self._attach(None)
+            return
+        value, source, items = entry
+        if not self._count(len(items), mark):
+            self._attach(None)
+            return
+        self._record(path, key_mark, mark)
+        n = len(source)
+        for item_path, marks in items[1:]:
+            self._record((*path, *item_path[n:]), marks.key, marks.value)
+        self._attach(value)
+
+    # -- slots and values ----------------------------------------------------------------
+    def _slot(self) -> tuple[PathKey, Mark | None]:
+        """The path and key mark of the value that comes next."""
+        if not self.stack:
+            return (), None
+        frame = self.stack[-1]
+        if not frame.is_map:
+            return (*frame.path, frame.index), None
+        if frame.key is _Key.MERGE:
+            return (*frame.path, "<<", len(frame.merges)), frame.key_mark
+        if frame.key is _Key.DROP:
+            return (*frame.path, "<<dropped>>", frame.dropped), frame.key_mark
+        return (*frame.path, frame.key), frame.key_mark
+
+    def _attach(self, value: Any) -> None:
+        if not self.stack:
+            self.root = value
+            return
+        frame = self.stack[-1]
+        if not frame.is_map:
+            frame.value.append(value)
+            frame.index += 1
+            return
+        if frame.key is _Key.MERGE:
+            frame.merges.append((*frame.path, "<<", len(frame.merges)))
+            frame.value.setdefault(_Key.MERGE, []).append(value)
+        elif frame.key is _Key.DROP:
+            frame.dropped += 1
+        else:
+            frame.value[frame.key] = value
+        frame.key = _Key.NONE
+
+    def _set_key(self, frame: _Frame, key: Any, mark: Mark) -> None:
+        if key is _Key.MERGE:
+            frame.key, frame.key_mark = _Key.MERGE, mark
+            return
+        if key.__class__ is not str:
             if isinstance(key, Ref):
                 key = str(key)
             try:
                 hash(key)
             except TypeError:
                 key = str(key)
-            if key in explicit:
-                first = explicit[key]
-                self.findings.error(
-                    key_mark,
-                    "NX004",
-                    f"duplicate key {describe(key)} in {_dotted(path)} "
-                    f"(first defined at line {first.line}): YAML would silently keep only "
-                    "the last one; remove or rename one of them",
-                )
-                continue
-            explicit[key] = key_mark
-            result[key] = self._value(value_node, (*path, key), key_mark, depth + 1)
-        # `<<: *anchor` merges: explicit keys win, earlier merges win over later ones.
-        for merge in merges:
-            sources = merge.value if isinstance(merge, SequenceNode) else [merge]
-            for source in sources:
-                if not isinstance(source, MappingNode):
+        first = frame.key_marks.get(key)
+        if first is not None:
+            self.findings.error(
+                mark,
+                "NX004",
+                f"duplicate key {describe(key)} in {_dotted(frame.path)} "
+                f"(first defined at line {first.line}): YAML would silently keep only "
+                "the last one; remove or rename one of them",
+            )
+            frame.key, frame.key_mark = _Key.DROP, mark
+            return
+        frame.key_marks[key] = mark
+        frame.key, frame.key_mark = key, mark
+
+    def _scalar(self, event: Any, mark: Mark) -> Any:
+        value = event.value
+        tag = event.tag
+        if event.implicit[0]:
+            if value and value[0] not in _RESOLVABLE_FIRST:
+                tag = _STR
+            else:
+                tag = _RESOLVER.resolve(ScalarNode, value, (True, False))
+        elif tag is None or tag == "!":
+            tag = _STR
+        if tag == _STR:
+            return Ref(value, self.base_dir) if "${" in value and has_ref(value) else value
+        if tag == _MERGE:
+            return _Key.MERGE
+        constructor = _CONSTRUCTOR.yaml_constructors.get(tag)
+        if constructor is None:
+            self.findings.error(
+                mark,
+                "NX010",
+                f"unsupported YAML tag '{tag}' on {describe(value)}: "
+                "config uses plain YAML only (remove the tag or quote the value)",
+            )
+            return value
+        node = ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
+        try:
+            return constructor(_CONSTRUCTOR, node)
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+            self.findings.error(mark, "NX003", f"cannot read {describe(value)} as {tag}: {exc}")
+            return value
+
+    def _apply_merges(self, frame: _Frame) -> None:
+        sources = frame.value.pop(_Key.MERGE)
+        for source, source_path in zip(sources, frame.merges, strict=True):
+            items = source if isinstance(source, list) else [source]
+            paths = (
+                [(*source_path, i) for i in range(len(items))]
+                if isinstance(source, list)
+                else [source_path]
+            )
+            for item, item_path in zip(items, paths, strict=True):
+                if not isinstance(item, dict):
                     self.findings.error(
-                        _mark(self.file, source.start_mark),
+                        self.marks.get(item_path, NodeMarks(None, Mark(self.file, 1, 1))).value,
                         "NX010",
                         "'<<' merge needs a mapping or a list of mappings",
                     )
                     continue
-                for key_node, value_node in source.value:
-                    if not isinstance(key_node, ScalarNode):
-                        continue
-                    key = self._scalar(key_node, _mark(self.file, key_node.start_mark))
-                    if key in result:
-                        continue
-                    key_mark = _mark(self.file, key_node.start_mark)
-                    result[key] = self._value(value_node, (*path, key), key_mark, depth + 1)
-        return result
+                n = len(item_path)
+                under = [(p, m) for p, m in self.mark_list if p[:n] == item_path and len(p) > n]
+                for key, value in item.items():
+                    if key in frame.value:
+                        continue  # explicit keys and earlier merges win
+                    frame.value[key] = value
+                    for p, m in under:
+                        if p[n] == key:
+                            self._record((*frame.path, *p[n:]), m.key, m.value)
+
+    # -- bookkeeping ---------------------------------------------------------------------
+    def _record(self, path: PathKey, key_mark: Mark | None, value_mark: Mark) -> None:
+        marks = NodeMarks(key_mark, value_mark)
+        self.marks[path] = marks
+        if self.keep_list:
+            self.mark_list.append((path, marks))
+
+    def _count(self, n: int, mark: Mark) -> bool:
+        self.nodes += n
+        if self.nodes <= MAX_NODES_PER_DOCUMENT:
+            return True
+        if not self.too_big:
+            self.too_big = True
+            self.findings.error(
+                mark,
+                "NX009",
+                f"document expands to more than {MAX_NODES_PER_DOCUMENT} nodes "
+                "(aliases repeated too often?): config documents must be small",
+            )
+        return False
 
 
 def _dotted(path: PathKey) -> str:
     if not path:
         return "the document"
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return f"'{out}'"
+    return f"'{dotted(path)}'"
 
 
 def dotted(path: Iterable[Any]) -> str:
@@ -282,32 +496,6 @@ def dotted(path: Iterable[Any]) -> str:
     return out
 
 
-def _check_depth(text: str, file: str, findings: Findings) -> bool:
-    """Reject very deep nesting before composing: the composer recurses per level."""
-    depth = 0
-    starts = (
-        yaml.BlockMappingStartToken,
-        yaml.BlockSequenceStartToken,
-        yaml.FlowMappingStartToken,
-        yaml.FlowSequenceStartToken,
-    )
-    ends = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
-    for token in yaml.scan(text, Loader=_Loader):
-        if isinstance(token, starts):
-            depth += 1
-            if depth > MAX_DEPTH:
-                findings.error(
-                    _mark(file, token.start_mark),
-                    "NX005",
-                    f"nesting deeper than {MAX_DEPTH} levels: no config option is nested "
-                    "this deep",
-                )
-                return False
-        elif isinstance(token, ends):
-            depth -= 1
-    return True
-
-
 def load_text(text: str, file: str, base_dir: str = ".") -> LoadResult:
     """Load every document of one YAML text. Syntax errors make the result unusable."""
     result = LoadResult(files=[file])
@@ -315,16 +503,23 @@ def load_text(text: str, file: str, base_dir: str = ".") -> LoadResult:
     if not text.strip():
         findings.warning(Mark(file, 1, 1), "NX008", "file is empty: it defines nothing")
         return result
+    builder: _Builder | None = None
+    index = 0
+    keep_list = "&" in text  # anchors are possible only then
     try:
-        if not _check_depth(text, file, findings):
-            result.unusable = True
-            return result
-        for index, node in enumerate(yaml.compose_all(text, Loader=_Loader)):
-            if node is None:
-                continue
-            builder = _Builder(file, findings, base_dir)
-            data = builder.build(node)
-            result.documents.append(Document(file, index, data, builder.marks, base_dir))
+        for event in yaml.parse(text, Loader=_Loader):
+            cls = event.__class__
+            if cls is yaml.DocumentStartEvent:
+                builder = _Builder(file, findings, base_dir, keep_list)
+            elif cls is yaml.DocumentEndEvent:
+                if builder is not None and builder.root is not None:
+                    result.documents.append(
+                        Document(file, index, builder.root, builder.marks, base_dir)
+                    )
+                index += 1
+                builder = None
+            elif builder is not None:
+                builder.feed(event)
         if not result.documents:
             findings.warning(Mark(file, 1, 1), "NX008", "file holds no YAML document")
     except yaml.MarkedYAMLError as exc:
@@ -343,9 +538,6 @@ def load_text(text: str, file: str, base_dir: str = ".") -> LoadResult:
         result.unusable = True
     except yaml.YAMLError as exc:  # LibYAML errors without a mark
         findings.error(Mark(file, 1, 1), "NX003", f"YAML syntax error: {exc}")
-        result.unusable = True
-    except RecursionError:
-        findings.error(Mark(file, 1, 1), "NX005", "nesting too deep to read")
         result.unusable = True
     return result
 
@@ -424,8 +616,29 @@ def iter_config_files(paths: Iterable[str | os.PathLike[str]], result: LoadResul
             result.unusable = True
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building large acyclic data.
+
+    Loading creates hundreds of thousands of small dicts and tuples; with the collector on,
+    its repeated full passes over the growing heap cost more than the parsing itself.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load_paths(paths: Iterable[str | os.PathLike[str]]) -> LoadResult:
     """Load every config file under ``paths``; findings of all files are collected."""
+    with gc_paused():
+        return _load_paths(paths)
+
+
+def _load_paths(paths: Iterable[str | os.PathLike[str]]) -> LoadResult:
     result = LoadResult()
     for path, display in iter_config_files(paths, result):
         loaded = load_file(path, display)
