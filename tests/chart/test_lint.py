@@ -231,3 +231,12 @@ def test_schema_accepts_the_guides_spellings(helm):
     )
     assert proc.returncode == 0, proc.stderr
     assert 'image: "nexus/nexus:9.0.1"' in proc.stdout
+
+
+def test_chart_readme_lists_every_parameter():
+    readme = (CHART / "README.md").read_text()
+    for line in (CHART / "values.yaml").read_text().splitlines():
+        line = line.strip()
+        if line.startswith("## @param "):
+            name = line.split()[2]
+            assert f"| `{name}` |" in readme, f"{name} missing from chart/README.md"
