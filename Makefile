@@ -24,7 +24,8 @@ venv: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)
 
 run: $(RUNTIME_STAMP)
-	$(BIN)/nexus run-default
+	$(BIN)/nexus lint config/
+	@echo "Config is valid. The engine's server ('nexus serve') is the next milestone (issue #3)."
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
