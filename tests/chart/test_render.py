@@ -138,6 +138,19 @@ STATEFULSET_VALUES: dict[str, Any] = {
     "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "nexus"}],
     "priorityClassName": "high-priority",
     "podAnnotations": {"example.org/team": "digital"},
+    "podLabels": {"example.org/tier": "backend"},
+    "commonLabels": {"example.org/owner": "channels"},
+    "commonAnnotations": {"example.org/contact": "channels@example.org"},
+    "config": {
+        "files": {
+            "queues.yaml": {
+                "apiVersion": "nexus/v1",
+                "kind": "Queue",
+                "name": "asynchold",
+                "spec": {"enabled": True},
+            }
+        }
+    },
 }
 
 VALUE_SETS: dict[str, Any] = {
@@ -529,6 +542,16 @@ def test_statefulset_with_headless_service_and_volumes(renders):
     assert r.container()["image"] == "registry.example.org/nexus/nexus:1.2.3"
     annotations = sts["spec"]["template"]["metadata"]["annotations"]
     assert annotations["example.org/team"] == "digital"
+    assert sts["spec"]["template"]["metadata"]["labels"]["example.org/tier"] == "backend"
+    for doc in r.docs:
+        assert doc["metadata"]["labels"]["example.org/owner"] == "channels"
+        assert doc["metadata"]["annotations"]["example.org/contact"] == "channels@example.org"
+    # a config file given as a mapping is rendered as YAML
+    cm = r.one("ConfigMap", "nexus-config")
+    assert (
+        yaml.safe_load(cm["data"]["queues.yaml"])
+        == STATEFULSET_VALUES["config"]["files"]["queues.yaml"]
+    )
     assert r.one("PodDisruptionBudget")["spec"] == {
         "maxUnavailable": 1,
         "selector": sts["spec"]["selector"],
