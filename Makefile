@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP     := $(VENV)/.dev-installed
 
-.PHONY: run test lint bench venv dev clean
+.PHONY: run test lint chart-lint bench venv dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: $(DEV_STAMP)
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check engine tests bench
 	$(BIN)/nexus lint config/
+
+chart-lint:
+	$$(scripts/fetch_helm.sh) lint --strict chart
 
 bench: $(DEV_STAMP)
 	$(BIN)/python bench/lint_bench.py
