@@ -1,0 +1,649 @@
+"""The live cache: Redis (or Redis Cluster, or in-process fakeredis) via ``redis.asyncio``.
+
+URLs (``NEXUS_REDIS_URL``):
+
+* ``memory://`` (or ``memory://<name>``): fakeredis, one shared ``FakeServer`` per name per
+  process. Single process only: workers of one pod do not share it.
+* ``redis://[:password@]host:port[/db]``, ``rediss://...`` (TLS), or a comma-separated list of
+  them. Without ``cluster`` the first reachable node is used (and the next one on failover);
+  with ``cluster`` the nodes are the ``RedisCluster`` startup nodes.
+
+:class:`Cache` keeps a state machine (``CONNECTING -> READY -> RECONNECTING -> READY``, and
+``CLOSED``) that /health/detail shows. A command failing with a connection error moves it to
+RECONNECTING and starts a background task that retries with capped exponential backoff and
+jitter; commands keep being attempted meanwhile (and raise :class:`CacheUnavailable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlsplit
+
+import fakeredis
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from engine.store import metrics as m
+from engine.store.errors import CacheUnavailable, InvalidCacheURL
+
+log = logging.getLogger("nexus.cache")
+
+T = TypeVar("T")
+
+DEFAULT_CACHE_URL = "memory://"
+
+#: Errors that mean "the connection is gone", as opposed to a bad command.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    rexc.ConnectionError,  # includes AuthenticationError, BusyLoadingError
+    rexc.TimeoutError,
+    rexc.ClusterDownError,
+    rexc.TryAgainError,
+    OSError,
+    TimeoutError,
+)
+
+
+class CacheState(StrEnum):
+    CONNECTING = "CONNECTING"
+    READY = "READY"
+    RECONNECTING = "RECONNECTING"
+    CLOSED = "CLOSED"
+
+
+class RateLimit(NamedTuple):
+    """Result of :meth:`Cache.hit`: unpacks as ``allowed, retry_after``."""
+
+    allowed: bool
+    retry_after: float  # seconds until the window resets; 0.0 when allowed
+
+
+@dataclass(frozen=True)
+class PubSubMessage:
+    channel: str  # without the cache's key prefix
+    data: str
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    kind: str  # "memory" | "redis" | "cluster"
+    nodes: tuple[str, ...]  # redis(s):// URLs; for memory: ("memory://<name>",)
+    password: str | None
+    tls: bool
+
+    @property
+    def memory_name(self) -> str:
+        return urlsplit(self.nodes[0]).netloc if self.kind == "memory" else ""
+
+    def display_nodes(self) -> list[str]:
+        out = []
+        for node in self.nodes:
+            parts = urlsplit(node)
+            if parts.password is not None:
+                host = f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+                user = parts.username or ""
+                node = parts._replace(netloc=f"{user}:***@{host}").geturl()
+            out.append(node)
+        return out
+
+
+def parse_cache_url(
+    url: str | None,
+    *,
+    cluster: bool = False,
+    tls: bool = False,
+    password: str | None = None,
+) -> CacheSettings:
+    """Parse ``NEXUS_REDIS_URL`` (plus the cluster / TLS / password settings)."""
+    url = (url or DEFAULT_CACHE_URL).strip()
+    password = password or None
+    if url.startswith("memory:"):
+        if cluster:
+            raise InvalidCacheURL("memory:// cannot be a Redis Cluster; use redis:// nodes")
+        if "," in url:
+            raise InvalidCacheURL(f"memory:// takes no node list, got {url!r}")
+        return CacheSettings("memory", (url,), None, False)
+    nodes: list[str] = []
+    for raw in url.split(","):
+        raw = raw.strip()
+        if not raw:
+            continue
+        if "://" not in raw:
+            raw = f"redis://{raw}"
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 - validates the port
+        except ValueError as exc:
+            raise InvalidCacheURL(f"malformed Redis node {raw!r}: {exc}") from exc
+        scheme = parts.scheme.lower()
+        if scheme not in ("redis", "rediss"):
+            raise InvalidCacheURL(
+                f"unsupported Redis URL scheme {parts.scheme!r} in {raw!r}: use redis://, "
+                "rediss:// or memory://"
+            )
+        if not parts.hostname:
+            raise InvalidCacheURL(f"Redis node {raw!r} names no host")
+        if tls and scheme == "redis":
+            raw = "rediss://" + raw[len("redis://"):]
+        nodes.append(raw)
+    if not nodes:
+        raise InvalidCacheURL(f"no Redis node in {url!r}")
+    uses_tls = tls or any(node.startswith("rediss://") for node in nodes)
+    return CacheSettings("cluster" if cluster else "redis", tuple(nodes), password, uses_tls)
+
+
+_FAKE_SERVERS: dict[str, fakeredis.FakeServer] = {}
+
+
+def fake_server(name: str = "") -> fakeredis.FakeServer:
+    """The process-wide FakeServer behind ``memory://<name>`` (created on first use)."""
+    server = _FAKE_SERVERS.get(name)
+    if server is None:
+        server = _FAKE_SERVERS[name] = fakeredis.FakeServer()
+    return server
+
+
+Client = aioredis.Redis | RedisCluster
+
+
+class Cache:
+    """The live cache. ``await cache.connect()``; helpers; ``await cache.close()``.
+
+    ``prefix`` is put in front of every key and channel the helpers touch (``cache.key()``
+    builds keys for direct ``cache.client`` use). ``health_check_interval`` (seconds; None
+    disables) pings in the background so the state is right even without traffic.
+    ``sharded_pubsub`` (default: on for cluster) uses SPUBLISH/SSUBSCRIBE.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        cluster: bool = False,
+        tls: bool = False,
+        password: str | None = None,
+        prefix: str = "nexus:",
+        connect_timeout: float = 2.0,
+        command_timeout: float = 5.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        health_check_interval: float | None = 10.0,
+        sharded_pubsub: bool | None = None,
+        ssl_ca_certs: str | None = None,
+    ) -> None:
+        self.settings = parse_cache_url(url, cluster=cluster, tls=tls, password=password)
+        self.prefix = prefix
+        self.connect_timeout = connect_timeout
+        self.command_timeout = command_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.health_check_interval = health_check_interval
+        self.sharded_pubsub = (
+            self.settings.kind == "cluster" if sharded_pubsub is None else sharded_pubsub
+        )
+        self._ssl_ca_certs = ssl_ca_certs
+        self._state = CacheState.CLOSED
+        self._client: Client | None = None
+        self._clients: dict[str, Client] = {}  # node -> client, reused across reconnects
+        self._node: str | None = None
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._monitor_task: asyncio.Task[None] | None = None
+        self._down_since: float | None = None
+        self._ready_event = asyncio.Event()
+        self._subscriptions: set[Subscription] = set()
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Cache({self.settings.display_nodes()!r}, state={self._state})"
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def state(self) -> CacheState:
+        return self._state
+
+    @property
+    def ready(self) -> bool:
+        return self._state is CacheState.READY
+
+    @property
+    def node(self) -> str | None:
+        """The node in use (non-cluster), password hidden."""
+        if self._node is None:
+            return None
+        index = self.settings.nodes.index(self._node)
+        return self.settings.display_nodes()[index]
+
+    def detail(self) -> dict[str, Any]:
+        """What /health/detail shows about the cache (no I/O)."""
+        return {
+            "ready": self.ready,
+            "state": str(self._state),
+            "kind": self.settings.kind,
+            "nodes": self.settings.display_nodes(),
+            "node": self.node,
+            "lastError": self.last_error,
+        }
+
+    def _set_state(self, new: CacheState) -> None:
+        old = self._state
+        if old is new:
+            return
+        self._state = new
+        now = time.monotonic()
+        if old is CacheState.READY:
+            m.REDIS_READY.dec()
+            m.REDIS_ESTABLISHED.dec()
+            self._ready_event.clear()
+        elif old is CacheState.RECONNECTING:
+            m.REDIS_RECONNECTING.dec()
+        if new is CacheState.READY:
+            m.REDIS_READY.inc()
+            m.REDIS_ESTABLISHED.inc()
+            if self._down_since is not None:
+                m.REDIS_DURATION_UNTIL_READY.observe(now - self._down_since)
+            self._down_since = None
+            self._ready_event.set()
+        elif new is CacheState.RECONNECTING:
+            m.REDIS_RECONNECTING.inc()
+            if self._down_since is None:
+                self._down_since = now
+        elif new is CacheState.CONNECTING:
+            self._down_since = now
+        log.info("redis cache %s -> %s", old, new)
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def connect(self) -> bool:
+        """Start connecting. True if ready now; otherwise it goes on in the background
+        (state RECONNECTING) and :meth:`wait_ready` tells when it is. Never raises for an
+        unreachable server."""
+        if self._state is not CacheState.CLOSED:
+            return self.ready
+        self._set_state(CacheState.CONNECTING)
+        if await self._attempt():
+            self._start_monitor()
+            return True
+        if self._state is CacheState.CLOSED:  # closed while connecting
+            return False
+        self._set_state(CacheState.RECONNECTING)
+        self._start_reconnect()
+        self._start_monitor()
+        return False
+
+    async def wait_ready(self, timeout: float | None = None) -> bool:
+        """Wait until READY (at most ``timeout`` seconds); True if it is."""
+        if self.ready:
+            return True
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout)
+        except TimeoutError:
+            return self.ready
+        return self.ready
+
+    async def close(self) -> None:
+        if self._state is CacheState.CLOSED and not self._clients:
+            return
+        self._set_state(CacheState.CLOSED)
+        for task in (self._reconnect_task, self._monitor_task):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._reconnect_task = self._monitor_task = None
+        for sub in list(self._subscriptions):
+            await sub.close()
+        clients = list(self._clients.values())
+        self._clients.clear()
+        self._client = None
+        self._node = None
+        for client in clients:
+            try:
+                await client.aclose()
+            except Exception:  # noqa: BLE001 - closing a dead connection may fail
+                log.debug("closing a redis client failed", exc_info=True)
+
+    async def __aenter__(self) -> Cache:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _make_client(self, node: str) -> Client:
+        common: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_connect_timeout": self.connect_timeout,
+            "socket_timeout": self.command_timeout,
+        }
+        if self.settings.kind == "memory":
+            return fakeredis.FakeAsyncRedis(
+                server=fake_server(self.settings.memory_name), decode_responses=True
+            )
+        if self.settings.password:
+            common["password"] = self.settings.password
+        if self._ssl_ca_certs and self.settings.tls:
+            common["ssl_ca_certs"] = self._ssl_ca_certs
+        if self.settings.kind == "cluster":
+            startup = []
+            for raw in self.settings.nodes:
+                parts = urlsplit(raw)
+                startup.append(ClusterNode(parts.hostname or "localhost", parts.port or 6379))
+                if parts.password and "password" not in common:
+                    common["password"] = parts.password
+            return RedisCluster(startup_nodes=startup, ssl=self.settings.tls, **common)
+        return aioredis.Redis.from_url(node, **common)
+
+    async def _probe(self, client: Client) -> None:
+        if isinstance(client, RedisCluster):
+            await asyncio.wait_for(client.initialize(), self.connect_timeout * 2)
+        await asyncio.wait_for(client.ping(), self.connect_timeout + self.command_timeout)
+
+    async def _attempt(self) -> bool:
+        """One connection attempt over the nodes; READY on success."""
+        if self.settings.kind == "cluster":
+            candidates = [self.settings.nodes[0]]  # one client for the whole cluster
+        else:
+            candidates = list(self.settings.nodes)
+        for node in candidates:
+            if self._state is CacheState.CLOSED:
+                return False
+            client = self._clients.get(node)
+            fresh = client is None
+            if client is None:
+                client = self._make_client(node)
+            try:
+                await self._probe(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means "not this node, now"
+                m.REDIS_ERRORS.inc()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.debug("redis node %s not ready: %s", node, self.last_error)
+                if fresh and isinstance(client, RedisCluster):
+                    try:
+                        await client.aclose()
+                    except Exception:  # noqa: BLE001
+                        log.debug("closing a failed cluster client failed", exc_info=True)
+                elif fresh:
+                    self._clients[node] = client
+                continue
+            if self._state is CacheState.CLOSED:
+                self._clients.setdefault(node, client)
+                return False
+            self._clients[node] = client
+            self._client = client
+            self._node = None if self.settings.kind == "cluster" else node
+            self.last_error = None
+            self._set_state(CacheState.READY)
+            return True
+        return False
+
+    def _backoff(self, attempt: int) -> float:
+        ceiling = min(self.backoff_max, self.backoff_initial * (2**min(attempt, 30)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    def _start_reconnect(self) -> None:
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.create_task(
+                self._reconnect_loop(), name="nexus-cache-reconnect"
+            )
+
+    async def _reconnect_loop(self) -> None:
+        attempt = 0
+        while self._state in (CacheState.CONNECTING, CacheState.RECONNECTING):
+            await asyncio.sleep(self._backoff(attempt))
+            attempt += 1
+            if self._state is CacheState.READY:  # a command found it working meanwhile
+                return
+            if self._state is CacheState.CLOSED:
+                return
+            if await self._attempt():
+                return
+
+    def _start_monitor(self) -> None:
+        if self.health_check_interval and (
+            self._monitor_task is None or self._monitor_task.done()
+        ):
+            self._monitor_task = asyncio.create_task(
+                self._monitor_loop(self.health_check_interval), name="nexus-cache-monitor"
+            )
+
+    async def _monitor_loop(self, interval: float) -> None:
+        while self._state is not CacheState.CLOSED:
+            await asyncio.sleep(interval)
+            if self._state is CacheState.READY:
+                await self.ping()
+
+    def _failed(self, exc: BaseException) -> None:
+        """A command hit a connection error: count it, go RECONNECTING, retry in background."""
+        m.REDIS_ERRORS.inc()
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        if self._state is CacheState.CLOSED:
+            return
+        if self._state is CacheState.READY:
+            log.warning("redis connection lost: %s", self.last_error)
+            self._set_state(CacheState.RECONNECTING)
+        self._start_reconnect()
+
+    # -- commands ------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Client:
+        """The underlying client (keys via :meth:`key`). Raises if there is none yet."""
+        if self._client is None or self._state is CacheState.CLOSED:
+            raise CacheUnavailable(f"the cache is {self._state.lower()}")
+        return self._client
+
+    async def call(self, op: Callable[[Client], Awaitable[T]]) -> T:
+        """Run ``op(client)``; a connection error becomes :class:`CacheUnavailable` and starts
+        reconnecting."""
+        client = self.client
+        try:
+            result = await op(client)
+        except CONNECTION_ERRORS as exc:
+            self._failed(exc)
+            raise CacheUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc
+        if self._state is CacheState.RECONNECTING and client is self._client:
+            self._set_state(CacheState.READY)
+        return result
+
+    def key(self, *parts: object) -> str:
+        """``prefix`` + parts joined by ``:``."""
+        return self.prefix + ":".join(str(part) for part in parts)
+
+    async def ping(self) -> bool:
+        """Health probe (never raises)."""
+        try:
+            return bool(await self.call(lambda c: c.ping()))
+        except (CacheUnavailable, *CONNECTION_ERRORS):
+            return False
+
+    async def get(self, key: str) -> str | None:
+        return await self.call(lambda c: c.get(self.key(key)))
+
+    async def set(self, key: str, value: str | int | float, ttl: float | None = None) -> None:
+        px = None if ttl is None else max(1, int(ttl * 1000))
+        await self.call(lambda c: c.set(self.key(key), value, px=px))
+
+    async def delete(self, *keys: str) -> int:
+        if not keys:
+            return 0
+        full = [self.key(k) for k in keys]
+        if self.settings.kind == "cluster":
+            return sum([await self.call(lambda c, k=k: c.delete(k)) for k in full])
+        return int(await self.call(lambda c: c.delete(*full)))
+
+    async def setnx_with_ttl(self, key: str, value: str, ttl_seconds: float) -> bool:
+        """Set ``key`` only if absent, expiring after ``ttl_seconds``. True if this call set
+        it (e.g. first delivery of an idempotency key), False if it already existed."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        px = max(1, int(ttl_seconds * 1000))
+        result = await self.call(lambda c: c.set(self.key(key), value, px=px, nx=True))
+        return bool(result)
+
+    async def hit(self, key: str, capacity: int, window_seconds: float) -> RateLimit:
+        """Count one request against ``key``: at most ``capacity`` per fixed window of
+        ``window_seconds`` (the window starts at its first hit).
+
+        Atomic across tasks, processes and pods: ``SET key 0 PX window NX; INCR; PTTL`` run as
+        one MULTI/EXEC on the key's node, so exactly ``capacity`` hits of a window are allowed
+        however many race. ``retry_after`` is the time until the window resets.
+        """
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        if window_seconds <= 0:
+            raise ValueError("window_seconds must be positive")
+        full = self.key("rl", key)
+        window_ms = max(1, int(window_seconds * 1000))
+
+        async def op(client: Client) -> tuple[int, int]:
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.set(full, 0, px=window_ms, nx=True)
+                pipe.incr(full)
+                pipe.pttl(full)
+                _, count, ttl = await pipe.execute()
+            return int(count), int(ttl)
+
+        count, ttl_ms = await self.call(op)
+        if count <= capacity:
+            return RateLimit(True, 0.0)
+        if ttl_ms < 0:  # no expiry (the key was written by someone else): repair it
+            await self.call(lambda c: c.pexpire(full, window_ms))
+            ttl_ms = window_ms
+        return RateLimit(False, ttl_ms / 1000.0)
+
+    # -- pub/sub -------------------------------------------------------------------------
+
+    async def publish(self, channel: str, message: str) -> int:
+        """Publish to ``channel`` (prefixed); returns the number of receivers."""
+        full = self.key(channel)
+        if self.sharded_pubsub:
+            return int(await self.call(lambda c: c.spublish(full, message)))
+        return int(await self.call(lambda c: c.publish(full, message)))
+
+    async def subscribe(self, *channels: str) -> Subscription:
+        """Subscribe and return once the server confirmed, so nothing published after this
+        returns is missed (while connected). Iterate it with ``async for``; close it."""
+        if not channels:
+            raise ValueError("subscribe needs at least one channel")
+        sub = Subscription(self, tuple(channels))
+        await sub.start()
+        return sub
+
+
+class Subscription:
+    """A reconnecting subscription: after a connection loss it resubscribes with backoff
+    (messages published meanwhile are lost: pub/sub is fire-and-forget fan-out)."""
+
+    def __init__(self, cache: Cache, channels: tuple[str, ...]) -> None:
+        self.cache = cache
+        self.channels = channels
+        self._full = {cache.key(ch): ch for ch in channels}
+        self._pubsub: Any = None
+        self._closed = False
+        self._failures = 0
+
+    async def start(self) -> Subscription:
+        self.cache._subscriptions.add(self)
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
+        client = self.cache.client
+        pubsub = client.pubsub()
+        try:
+            if self.cache.sharded_pubsub:
+                await pubsub.ssubscribe(*self._full)
+            else:
+                await pubsub.subscribe(*self._full)
+            pending = set(self._full)
+            deadline = time.monotonic() + self.cache.connect_timeout + self.cache.command_timeout
+            while pending:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise rexc.TimeoutError("no subscription confirmation from redis")
+                msg = await self._read(pubsub, ignore=False, timeout=min(remaining, 1.0))
+                if msg and msg["type"] in ("subscribe", "ssubscribe"):
+                    pending.discard(msg["channel"])
+        except BaseException as exc:
+            await _close_pubsub(pubsub)
+            if isinstance(exc, CONNECTION_ERRORS):
+                self.cache._failed(exc)
+                raise CacheUnavailable(f"cannot subscribe: {type(exc).__name__}: {exc}") from exc
+            raise
+        self._pubsub = pubsub
+        self._failures = 0
+
+    async def _read(self, pubsub: Any, *, ignore: bool, timeout: float) -> dict[str, Any] | None:
+        if self.cache.sharded_pubsub and isinstance(pubsub, aioredis.cluster.ClusterPubSub):
+            return await pubsub.get_sharded_message(
+                ignore_subscribe_messages=ignore, timeout=timeout
+            )
+        return await pubsub.get_message(ignore_subscribe_messages=ignore, timeout=timeout)
+
+    async def get(self, timeout: float | None = None) -> PubSubMessage | None:
+        """The next message, or None after ``timeout`` seconds (None: wait forever) or when
+        closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._closed:
+            remaining = 1.0 if deadline is None else deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if self._pubsub is None:
+                try:
+                    await self._open()
+                except CacheUnavailable:
+                    self._failures += 1
+                    await asyncio.sleep(min(self.cache._backoff(self._failures), remaining))
+                    continue
+            try:
+                msg = await self._read(self._pubsub, ignore=True, timeout=min(remaining, 1.0))
+            except CONNECTION_ERRORS as exc:
+                self.cache._failed(exc)
+                await _close_pubsub(self._pubsub)
+                self._pubsub = None
+                continue
+            if msg and msg["type"] in ("message", "smessage"):
+                channel = msg["channel"]
+                return PubSubMessage(self._full.get(channel, channel), msg["data"])
+        return None
+
+    def __aiter__(self) -> AsyncIterator[PubSubMessage]:
+        return self
+
+    async def __anext__(self) -> PubSubMessage:
+        msg = await self.get()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    async def close(self) -> None:
+        self._closed = True
+        self.cache._subscriptions.discard(self)
+        if self._pubsub is not None:
+            pubsub, self._pubsub = self._pubsub, None
+            await _close_pubsub(pubsub)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _close_pubsub(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:  # noqa: BLE001 - the connection may already be dead
+        log.debug("closing a pubsub failed", exc_info=True)
