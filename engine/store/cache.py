@@ -160,6 +160,8 @@ class Cache:
     builds keys for direct ``cache.client`` use). ``health_check_interval`` (seconds; None
     disables) pings in the background so the state is right even without traffic.
     ``sharded_pubsub`` (default: on for cluster) uses SPUBLISH/SSUBSCRIBE.
+    ``max_connections`` bounds each node's pool; callers beyond it wait (up to
+    ``command_timeout``) rather than fail.
     """
 
     def __init__(
@@ -177,6 +179,7 @@ class Cache:
         health_check_interval: float | None = 10.0,
         sharded_pubsub: bool | None = None,
         ssl_ca_certs: str | None = None,
+        max_connections: int = 50,
     ) -> None:
         self.settings = parse_cache_url(url, cluster=cluster, tls=tls, password=password)
         self.prefix = prefix
@@ -189,6 +192,7 @@ class Cache:
             self.settings.kind == "cluster" if sharded_pubsub is None else sharded_pubsub
         )
         self._ssl_ca_certs = ssl_ca_certs
+        self.max_connections = max_connections
         self._state = CacheState.CLOSED
         self._client: Client | None = None
         self._clients: dict[str, Client] = {}  # node -> client, reused across reconnects
@@ -340,8 +344,21 @@ class Cache:
                 startup.append(ClusterNode(parts.hostname or "localhost", parts.port or 6379))
                 if parts.password and "password" not in common:
                     common["password"] = parts.password
-            return RedisCluster(startup_nodes=startup, ssl=self.settings.tls, **common)
-        return aioredis.Redis.from_url(node, **common)
+            return RedisCluster(
+                startup_nodes=startup,
+                ssl=self.settings.tls,
+                max_connections=self.max_connections,
+                **common,
+            )
+        # A blocking pool: a burst beyond max_connections waits for a free connection
+        # instead of failing with "Too many connections".
+        pool = aioredis.BlockingConnectionPool.from_url(
+            node,
+            max_connections=self.max_connections,
+            timeout=self.command_timeout,
+            **common,
+        )
+        return aioredis.Redis.from_pool(pool)
 
     async def _probe(self, client: Client) -> None:
         if isinstance(client, RedisCluster):

@@ -11,7 +11,10 @@ open transaction is kept in a :class:`contextvars.ContextVar`, so every query th
 while it is open, from the opening task *or any task it spawns* (child tasks copy the context),
 goes through the transaction's one connection, serialised by that connection's query lock.
 Nothing silently runs outside the transaction on another connection, and asyncpg never sees
-two operations at once on one connection. Nested ``transaction()`` blocks are savepoints.
+two operations at once on one connection. Nested ``transaction()`` blocks are savepoints;
+concurrent sibling savepoints take turns. (Plain statements that a sibling task issues while
+another task's savepoint is open are undone if that savepoint rolls back: concurrent work in
+one transaction should use savepoints or none.)
 
 On SQLite a transaction starts with ``BEGIN IMMEDIATE``: it takes the write lock up front, so
 two writers wait for each other (busy timeout) instead of failing on lock upgrade.
@@ -27,7 +30,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +132,16 @@ class _Tx:
     active: bool = True
 
 
+@dataclass(eq=False)
+class _Scope:
+    """The root transaction or one savepoint in it. Savepoints opened directly inside a scope
+    (from several tasks at once) take turns on ``child_lock``: savepoints are a stack on the
+    one connection, so siblings must not interleave."""
+
+    tx: _Tx
+    child_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
 class Store:
     """The durable store.
 
@@ -164,7 +177,9 @@ class Store:
         self.pepper = pepper.encode("utf-8") if isinstance(pepper, str) else bytes(pepper)
         self.metrics = DbMetrics(name or self.dialect)
         self._db = Database(self.settings.driver_url, **self.settings.driver_options)
-        self._tx: ContextVar[_Tx | None] = ContextVar(f"nexus_store_tx_{id(self):x}", default=None)
+        self._scope: ContextVar[_Scope | None] = ContextVar(
+            f"nexus_store_scope_{id(self):x}", default=None
+        )
 
         from engine.store.repos import (
             ApiKeyRepo,
@@ -273,18 +288,23 @@ class Store:
 
     # -- queries -------------------------------------------------------------------------
 
+    def _active_tx(self) -> _Tx | None:
+        scope = self._scope.get()
+        if scope is None or not scope.tx.active:
+            return None
+        return scope.tx
+
     @property
     def in_transaction(self) -> bool:
-        tx = self._tx.get()
-        return tx is not None and tx.active
+        return self._active_tx() is not None
 
     async def _run(self, method: str, query: Query, values: Mapping[str, Any] | None) -> Any:
         metrics = self.metrics
         metrics.request.inc()
         start = perf_counter()
-        tx = self._tx.get()
+        tx = self._active_tx()
         try:
-            if tx is not None and tx.active:
+            if tx is not None:
                 result = await getattr(tx.conn, method)(query, values)
             else:
                 if not self._db.is_connected:
@@ -331,11 +351,12 @@ class Store:
     async def transaction(self) -> AsyncIterator[Store]:
         """One atomic unit: commit on success, roll back on any exception (or cancellation).
 
-        Nested blocks (in the same task or a child task) become savepoints. Yields the store.
+        Nested blocks (in the same task or a child task) become savepoints; sibling
+        savepoints opened concurrently by several child tasks take turns. Yields the store.
         """
-        tx = self._tx.get()
-        if tx is not None and tx.active:
-            async with self._savepoint():
+        scope = self._scope.get()
+        if scope is not None and scope.tx.active:
+            async with scope.child_lock, self._savepoint(scope.tx):
                 yield self
             return
         if not self._db.is_connected:
@@ -357,7 +378,7 @@ class Store:
                     metrics.error(error_code(exc))
                     raise translate_error(exc) from exc
                 tx = _Tx(conn=conn, owner=asyncio.current_task())
-                token = self._tx.set(tx)
+                token = self._scope.set(_Scope(tx))
                 try:
                     yield self
                 except BaseException:
@@ -369,7 +390,7 @@ class Store:
                     await self._end(conn, backend_tx, commit=True)
                 finally:
                     tx.active = False
-                    self._tx.reset(token)
+                    self._scope.reset(token)
         finally:
             metrics.disconnect.inc()
         metrics.success["transaction"].inc()
@@ -393,16 +414,19 @@ class Store:
             log.warning("rollback failed: %s", _describe(exc))
 
     @asynccontextmanager
-    async def _savepoint(self) -> AsyncIterator[None]:
+    async def _savepoint(self, tx: _Tx) -> AsyncIterator[None]:
         name = f"nexus_sp_{uuid.uuid4().hex}"
         await self.execute(f"SAVEPOINT {name}")
+        token = self._scope.set(_Scope(tx))
         try:
             yield
         except BaseException:
+            self._scope.reset(token)
             await self.execute(f"ROLLBACK TO SAVEPOINT {name}")
             await self.execute(f"RELEASE SAVEPOINT {name}")
             raise
         else:
+            self._scope.reset(token)
             await self.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- introspection -------------------------------------------------------------------
