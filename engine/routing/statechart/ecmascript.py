@@ -33,6 +33,7 @@ _PRELUDE = r"""(function (g) {
     ro("_sessionid", sid); ro("_name", opt(name)); ro("_ioprocessors", JSON.parse(io));
     ro("_x", {});
   };
+  ro("_event", undefined);  // bound (read-only) from the start, valued from the first event
   nx.ev = function (n, t, s, o, ot, i, d, r) {
     var e = {name: n, type: t, sendid: opt(s), origin: opt(o), origintype: opt(ot),
              invokeid: opt(i), data: d === null ? undefined : JSON.parse(d)};
