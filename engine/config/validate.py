@@ -1,0 +1,82 @@
+"""THE validation of a config tree, used by both `nexus lint` and `nexus serve`.
+
+load (YAML + marks) -> schema (per document) -> semantics (across documents) -> Model.
+The model is built only when there is no error: a config that fails validation is never
+applied. In ``lint`` mode unset secret references are warnings; in ``serve`` mode errors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from engine.config import semantics
+from engine.config.diagnostics import Finding, Findings, Severity
+from engine.config.loader import Document, load_paths
+from engine.config.model import Model, build_model
+from engine.config.schema import load_schemas, validate_document
+
+Mode = Literal["lint", "serve"]
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    model: Model | None
+    findings: list[Finding] = field(default_factory=list)  # sorted
+    unusable: bool = False
+    files: tuple[str, ...] = ()
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity is Severity.WARNING]
+
+    @property
+    def ok(self) -> bool:
+        return self.model is not None
+
+
+def validate_documents(
+    documents: list[Document],
+    *,
+    mode: Mode = "lint",
+    env: Mapping[str, str] | None = None,
+    findings: Findings | None = None,
+    unusable: bool = False,
+    files: Iterable[str] = (),
+) -> ValidationResult:
+    """Validate loaded documents (schema, then semantics) and build the model if clean."""
+    if mode not in ("lint", "serve"):
+        raise ValueError(f"mode must be 'lint' or 'serve', not {mode!r}")
+    findings = findings if findings is not None else Findings()
+    schema_set = load_schemas()
+    for doc in documents:
+        validate_document(doc, findings, schema_set)
+    semantics.check(documents, findings, mode=mode, env=os.environ if env is None else env)
+    ordered = findings.sorted()
+    has_errors = unusable or any(f.severity is Severity.ERROR for f in ordered)
+    model = None if has_errors else build_model(documents)
+    return ValidationResult(model, ordered, unusable, tuple(files))
+
+
+def validate_paths(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    mode: Mode = "lint",
+    env: Mapping[str, str] | None = None,
+) -> ValidationResult:
+    """Load every config file under ``paths`` and validate it."""
+    loaded = load_paths(paths)
+    return validate_documents(
+        loaded.documents,
+        mode=mode,
+        env=env,
+        findings=loaded.findings,
+        unusable=loaded.unusable,
+        files=loaded.files,
+    )
