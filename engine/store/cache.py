@@ -331,7 +331,10 @@ class Cache:
         }
         if self.settings.kind == "memory":
             return fakeredis.FakeAsyncRedis(
-                server=fake_server(self.settings.memory_name), decode_responses=True
+                server=fake_server(self.settings.memory_name),
+                decode_responses=True,
+                connection_pool_class=aioredis.BlockingConnectionPool,
+                max_connections=self.max_connections,
             )
         if self.settings.password:
             common["password"] = self.settings.password
@@ -650,6 +653,13 @@ class Subscription:
         self.cache._subscriptions.discard(self)
         if self._pubsub is not None:
             pubsub, self._pubsub = self._pubsub, None
+            try:
+                if self.cache.sharded_pubsub:
+                    await pubsub.sunsubscribe()
+                else:
+                    await pubsub.unsubscribe()
+            except Exception:  # noqa: BLE001 - a dead connection has no subscriptions left
+                log.debug("unsubscribe failed", exc_info=True)
             await _close_pubsub(pubsub)
 
     async def __aenter__(self) -> Subscription:

@@ -431,13 +431,15 @@ class Store:
 
     # -- introspection -------------------------------------------------------------------
 
+    # (no "%" in these raw queries: the databases backends %-format the compiled SQL)
+
     async def schema(self) -> dict[str, dict[str, bool]]:
         """The live schema: table -> column -> nullable (for tests and /health/detail)."""
         out: dict[str, dict[str, bool]] = {}
         if self.dialect == "sqlite":
             tables = await self.fetch_all(
                 "SELECT name FROM sqlite_master WHERE type = 'table' "
-                "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+                "AND substr(name, 1, 7) <> 'sqlite_' ORDER BY name"
             )
             for row in tables:
                 name = row["name"]
@@ -460,7 +462,7 @@ class Store:
         if self.dialect == "sqlite":
             rows = await self.fetch_all(
                 "SELECT tbl_name, name FROM sqlite_master WHERE type = 'index' "
-                "AND name NOT LIKE 'sqlite_autoindex_%'"
+                "AND substr(name, 1, 17) <> 'sqlite_autoindex_'"
             )
             for row in rows:
                 out.setdefault(row["tbl_name"], set()).add(row["name"])
@@ -476,7 +478,7 @@ class Store:
             return out
         rows = await self.fetch_all(
             "SELECT tablename, indexname FROM pg_indexes WHERE schemaname = current_schema() "
-            "AND indexname NOT LIKE '%_pkey'"
+            "AND right(indexname, 5) <> '_pkey'"
         )
         for row in rows:
             out.setdefault(row["tablename"], set()).add(row["indexname"])
