@@ -67,7 +67,8 @@ async def test_apply_creates_then_is_idempotent(store: Store) -> None:
     key = await store.apikeys.find_by_key("cluster-key-0123456789")
     assert key.tenant == "*" and key.capacity == 1000 and key.config_managed
     assert (await store.users.authenticate(None, "nexus", "pw")).roles == ["admin"]
-    assert (await store.users.authenticate(CCID, "agent1", "agent-pass-xyz")).capacity == {"chat": 2}
+    agent = await store.users.authenticate(CCID, "agent1", "agent-pass-xyz")
+    assert agent.capacity == {"chat": 2}
     with pytest.raises(ConfigManaged):
         await store.services.delete(CCID, "SMS")
 
