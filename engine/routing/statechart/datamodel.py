@@ -148,11 +148,12 @@ class NullDataModel:
         return None
 
 
-def create_datamodel(name: str) -> DataModel:
+def create_datamodel(name: str, pool: Any = None, key: Any = None) -> DataModel:
+    """A datamodel by name; ``pool``/``key`` let ECMAScript reuse contexts per document."""
     if name == "ecmascript":
         from .ecmascript import EcmaScriptDataModel
 
-        return EcmaScriptDataModel()
+        return EcmaScriptDataModel(pool, key)
     if name == "null":
         return NullDataModel()
     raise DataModelError(f"unsupported datamodel {name!r}")

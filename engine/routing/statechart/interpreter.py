@@ -62,7 +62,9 @@ class Session:
         self.invokeid = invokeid
         self.params = dict(params) if params else {}
         self.host = host
-        self.datamodel: DataModel = create_datamodel(document.datamodel)
+        self.datamodel: DataModel = create_datamodel(
+            document.datamodel, runtime.context_pool, document,
+        )
         self.configuration: set[StateNode] = set()
         self.internal: deque[Event] = deque()
         self.external: deque[Event] = deque()

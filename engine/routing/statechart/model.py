@@ -275,7 +275,7 @@ class StateNode:
         return f"<{self.kind} {self.id}>"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False, weakref_slot=True)
 class Document:
     """A parsed SCXML document; treat as immutable once :func:`parse_document` returns it."""
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import genesys
 from .clock import Clock, SimulatedClock
+from .ecmascript import ContextPool
 from .events import (
     BASICHTTP_PROCESSOR,
     BASICHTTP_SEND_TYPES,
@@ -48,13 +49,15 @@ class Runtime:
     of this runtime's sessions), ``http_transport`` (callable ``(url, body, headers)`` used for
     Basic HTTP sends to other servers; without it they fail with ``error.communication``),
     ``on_log`` (receives ``<log>`` output), ``max_microsteps`` (per macrostep; a session
-    exceeding it is aborted).
+    exceeding it is aborted), ``reuse_contexts`` (recycle wiped ECMAScript contexts between
+    sessions of the same document; see :mod:`.ecmascript`).
     """
 
     def __init__(
         self, clock: Clock | None = None, *, host: genesys.GenesysHost | None = None,
         http_base: str = DEFAULT_HTTP_BASE, http_transport: HttpTransport | None = None,
         on_log: LogHook | None = None, max_microsteps: int = 10_000,
+        reuse_contexts: bool = True,
     ) -> None:
         self.clock: Clock = clock if clock is not None else SimulatedClock()
         self.host = host
@@ -64,6 +67,8 @@ class Runtime:
         self.max_microsteps = max_microsteps
         self.sessions: dict[str, Session] = {}
         self.max_events_per_pump: int | None = None
+        # Reuse of wiped QuickJS contexts between sessions of one document (None: no reuse).
+        self.context_pool: ContextPool | None = ContextPool() if reuse_contexts else None
         self._runnable: deque[Session] = deque()
         self._queued: set[Session] = set()
         self._pumping = False
