@@ -126,14 +126,13 @@ class _Builder:
 
     def where(self, el: Any) -> Location:
         line = el.sourceline or 0
-        col = 1
-        if 0 < line <= len(self.source_lines):
-            text = self.source_lines[line - 1]
-            qname = el.tag.rsplit("}", 1)[-1]
-            m = re.search(r"<([\w.-]+:)?" + re.escape(qname) + r"\b", text)
+        # libxml2 may report the line where a multi-line start tag ends: look back for "<tag".
+        pattern = re.compile(r"<([\w.-]+:)?" + re.escape(el.tag.rsplit("}", 1)[-1]) + r"\b")
+        for candidate in range(min(line, len(self.source_lines)), max(0, line - 30), -1):
+            m = pattern.search(self.source_lines[candidate - 1])
             if m:
-                col = m.start() + 1
-        return Location(line, col)
+                return Location(candidate, m.start() + 1)
+        return Location(line, 1)
 
     def error(self, el: Any, code: str, message: str) -> None:
         loc = self.where(el) if el is not None else Location(1, 1)
