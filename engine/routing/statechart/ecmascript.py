@@ -238,6 +238,16 @@ class ContextPool:
             free.append(js)
 
 
+class _Closed:
+    """Stands in for the context after the session ended (it may serve another session)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise DataModelError("the session has ended; its datamodel is gone")
+
+
+_CLOSED: Any = _Closed()
+
+
 class EcmaScriptDataModel:
     name = "ecmascript"
 
@@ -345,6 +355,7 @@ class EcmaScriptDataModel:
         if self._pool is not None and self._key is not None:
             self._pool.release(self._key, self._js)
             self._pool = None
+            self._js = _CLOSED
 
     # --- plumbing --------------------------------------------------------------------------
 

@@ -132,7 +132,7 @@ class Session:
             dm.bind_system(self.sessionid, doc.name, ioprocessors, self.in_state)
         except DataModelError as exc:
             self.raise_error("error.execution", str(exc))
-        if self.host is not None:
+        if self.host is not None or doc.extensions:
             self.runtime.bind_host(self)
         if doc.all_data:
             for decl in doc.all_data:

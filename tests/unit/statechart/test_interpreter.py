@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engine.routing.statechart import (
+    DataModelError,
     DocumentError,
     Runtime,
     SimulatedClock,
@@ -221,3 +222,13 @@ def test_conflicting_transitions_in_parallel_prefer_document_order() -> None:
     rt.send_event(s, "e")
     assert s.active_states() == ["x"]
     assert s.datamodel.evaluate("order") == ["a"]
+
+
+def test_datamodel_of_a_finished_session_is_not_shared() -> None:
+    d = doc('<state id="s"><transition event="stop" target="end"/></state><final id="end"/>')
+    rt = Runtime(SimulatedClock())
+    first = rt.start(d)
+    rt.send_event(first, "stop")
+    rt.start(d)  # may reuse the first session's context
+    with pytest.raises(DataModelError):
+        first.datamodel.evaluate("_sessionid")
