@@ -80,11 +80,22 @@ def compile_rules(rules: Any, schemas: Registry, rules_sets: Registry) -> Check:
         expected = type_phrase(names)
     else:
         names, tests, expected = [], [], ""
+    if len(tests) == 1:
+        single = tests[0]
+        ok_type: Callable[[Any], bool] | None = single
+    elif tests:
+
+        def ok_type(value: Any) -> bool:
+            return any(t(value) for t in tests)
+
+    else:
+        ok_type = None
     allowed = rules.get("allowed")
     empty = rules.get("empty", True)
     fmt = rules.get("nexus_format")
     low, high, gt = rules.get("min"), rules.get("max"), rules.get("nexus_gt")
     minlength = rules.get("minlength")
+    numeric = low is not None or high is not None or gt is not None
     sub: Check | None = None
     if "schema" in rules:
         if "list" in names:
@@ -107,7 +118,7 @@ def compile_rules(rules: Any, schemas: Registry, rules_sets: Registry) -> Check:
             hint = type_hint(names, value, path[-1] if path else "")
             sink.append(Problem(path, "type", value, expected or "a value", hint))
             return
-        if tests and not any(t(value) for t in tests):
+        if ok_type is not None and not ok_type(value):
             key = path[-1] if path else ""
             sink.append(Problem(path, "type", value, expected, type_hint(names, value, key)))
             return
@@ -119,7 +130,7 @@ def compile_rules(rules: Any, schemas: Registry, rules_sets: Registry) -> Check:
             return
         if fmt is not None:
             check_format(fmt, value, path, sink)
-        if isinstance(value, int | float) and not isinstance(value, bool):
+        if numeric and isinstance(value, int | float) and not isinstance(value, bool):
             if low is not None and value < low:
                 sink.append(Problem(path, "range", value, f"at least {low}"))
             if high is not None and value > high:

@@ -77,6 +77,10 @@ SANDBOX_FLAGS = (
 )
 
 
+def is_uuid(text: str) -> bool:
+    return bool(_UUID.match(text))
+
+
 def is_url(text: str) -> bool:
     if any(c.isspace() for c in text):
         return False
@@ -193,8 +197,8 @@ FORMATS: dict[str, tuple[Callable[[str], str], str]] = {
 
 def check_format(fmt: str, value: Any, path: tuple[Any, ...], sink: list[Problem]) -> None:
     """Append a problem when a (non-reference) string does not have format ``fmt``."""
-    if not isinstance(value, str) or isinstance(value, Ref):
-        return  # references are checked once resolved; wrong types are reported elsewhere
+    if not isinstance(value, str) or isinstance(value, Ref) or value == "":
+        return  # references are checked once resolved; wrong types and "" elsewhere
     check, expected = FORMATS[fmt]
     hint = check(value)
     if hint:
@@ -261,6 +265,8 @@ def did_you_mean(word: Any, candidates: Iterable[Any]) -> str:
 
 def type_hint(expected: str | Sequence[str], value: Any, key: Any) -> str:
     types = [expected] if isinstance(expected, str) else list(expected)
+    if isinstance(key, str) and key in SECRET_KEYS and value is not None:
+        return "secrets must be references such as '${env:NAME}' or '${file:PATH}'"
     if "string" in types:
         if isinstance(value, bool):
             return (

@@ -309,7 +309,8 @@ def section_schema(transaction: str, name: Any) -> tuple[str | None, str]:
         guess = did_you_mean(name, PROVIDER_SECTIONS)
         if guess:
             return None, f"did you mean '{guess}'?"
-    fixed = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "name"
+    rest = name.split(".", 1)[1] if "." in name else name
+    fixed = re.sub(r"[^A-Za-z0-9_-]+", "_", rest).strip("_") or "name"
     return None, f"the 'chat.' prefix is required: did you mean 'chat.{fixed}'?"
 
 

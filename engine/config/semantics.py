@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,9 +18,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from engine.config.diagnostics import Findings, Mark, describe
 from engine.config.loader import Document, dotted
-from engine.config.problems import did_you_mean, quoted_list
+from engine.config.problems import did_you_mean, is_uuid, quoted_list
 from engine.config.refs import Ref, RefError, check_syntax, resolve
-from engine.config.schema import API_VERSION, KINDS, PROVIDER_SECTIONS, SECTION_SUFFIX
+from engine.config.schema import KINDS, PROVIDER_SECTIONS, SECTION_SUFFIX
 
 Mode = Literal["lint", "serve"]
 BUILTIN_STRATEGIES = ("redirect_queue", "undelivered")
@@ -51,15 +51,18 @@ def available_strategies(scxml_dir: Path | None = None) -> tuple[str, ...]:
 
 
 def is_valid(doc: Document) -> bool:
-    """Documents semantics looks at: a mapping with the right apiVersion, kind and spec."""
+    """Documents semantics looks at: a mapping with a known kind and a name. (A wrong
+    apiVersion or spec was reported by the schema check; such a document still counts as
+    defined, so its references do not cascade into more errors.)"""
     data = doc.data
     return (
-        isinstance(data, dict)
-        and data.get("apiVersion") == API_VERSION
-        and data.get("kind") in KINDS
-        and isinstance(data.get("name"), str)
-        and isinstance(data.get("spec"), dict)
+        isinstance(data, dict) and data.get("kind") in KINDS and isinstance(data.get("name"), str)
     )
+
+
+def _spec(doc: Document) -> dict[Any, Any]:
+    spec = doc.data.get("spec")
+    return spec if isinstance(spec, dict) else {}
 
 
 def scope_of(doc: Document) -> str | None:
@@ -108,10 +111,14 @@ class Index:
     endpoints: dict[tuple[str | None, str], tuple[Document, Path_]] = field(default_factory=dict)
     # Async service channel id -> owning tenant name (first definition wins)
     async_owner: dict[str, str] = field(default_factory=dict)
+    # scopes whose NexusEndpoints has invalid section names (their endpoints are unknown)
+    broken_endpoints: set[str | None] = field(default_factory=set)
+    # names of documents whose kind is missing or unknown (already reported)
+    unknown_names: set[str] = field(default_factory=set)
 
     def services(self, tenant: str) -> dict[Any, Any]:
         doc = self.tenants.get(tenant)
-        return _dict(doc.data["spec"].get("services")) if doc else {}
+        return _dict(_spec(doc).get("services")) if doc else {}
 
     def visible(self, table: Mapping[tuple[str | None, str], Any], scope: str | None) -> list[str]:
         return sorted({name for (s, name) in table if s is None or s == scope})
@@ -129,11 +136,16 @@ class Index:
         return False, owners
 
 
-def build_index(docs: list[Document]) -> Index:
+def build_index(docs: list[Document], all_docs: list[Document] | None = None) -> Index:
     index = Index(docs)
+    for doc in all_docs or ():
+        data = doc.data
+        if isinstance(data, dict) and data.get("kind") not in KINDS:
+            if isinstance(data.get("name"), str):
+                index.unknown_names.add(data["name"])
     for doc in docs:
         kind, name, scope = doc.data["kind"], doc.data["name"], scope_of(doc)
-        spec = doc.data["spec"]
+        spec = _spec(doc)
         if kind == "Environment" and index.environment is None:
             index.environment = doc
         elif kind == "Tenant":
@@ -145,8 +157,14 @@ def build_index(docs: list[Document]) -> Index:
                 if isinstance(section, str) and section.startswith("chat."):
                     path = ("spec", "sections", section)
                     index.endpoints.setdefault((scope, section), (doc, path))
+                if not (
+                    isinstance(section, str)
+                    and section.startswith("chat.")
+                    and SECTION_SUFFIX.match(section[5:])
+                ):
+                    index.broken_endpoints.add(scope)
     for tenant_name, doc in index.tenants.items():
-        service = _dict(doc.data["spec"].get("services")).get("Async")
+        service = _dict(_spec(doc).get("services")).get("Async")
         for _, channel_id in async_channel_ids(service):
             index.async_owner.setdefault(channel_id, tenant_name)
     return index
@@ -160,21 +178,24 @@ class Checker:
         mode: Mode,
         env: Mapping[str, str] | None,
         strategies: tuple[str, ...],
+        all_docs: list[Document] | None = None,
     ) -> None:
         self.docs = docs
         self.findings = findings
         self.mode = mode
         self.env = env
         self.strategies = strategies
-        self.index = build_index(docs)
+        self.index = build_index(docs, all_docs)
         self.nexus_url: str | None = None
         env_doc = self.index.environment
         if env_doc is not None:
-            url = _dict(_dict(env_doc.data["spec"].get("options")).get("nexus")).get("url")
+            url = _dict(_dict(_spec(env_doc).get("options")).get("nexus")).get("url")
             if isinstance(url, str) and not isinstance(url, Ref):
                 self.nexus_url = url.rstrip("/")
         # providers used per scope, for header sections
         self.used_providers: dict[str | None, set[str]] = defaultdict(set)
+        # (owners, provider) -> whether some owner has the provider's services
+        self._complete: dict[tuple[tuple[str, ...], str], bool] = {}
 
     # -- helpers --
 
@@ -197,8 +218,12 @@ class Checker:
     ) -> bool:
         """Report a dangling or cross-tenant reference. True when it resolves."""
         found, owners = self.index.find(table, scope, name)
-        if found:
+        if found or name in self.index.unknown_names:
             return True
+        if what == "endpoint" and (
+            scope in self.index.broken_endpoints or None in self.index.broken_endpoints
+        ):
+            return True  # its NexusEndpoints has invalid section names (already reported)
         mark = doc.value_mark(path)
         if owners and scope is not None:
             self.error(
@@ -303,7 +328,7 @@ class Checker:
                         f"tenant {describe(scope)} is not a Tenant document's name: {hint}",
                     )
             if kind == "Tenant":
-                ccid = doc.data["spec"].get("ccid")
+                ccid = _spec(doc).get("ccid")
                 if isinstance(ccid, str) and ccid:
                     other = ccids.get(ccid.lower())
                     if other is None:
@@ -321,7 +346,7 @@ class Checker:
     def check_tenants(self) -> None:
         async_seen: dict[str, tuple[str, Document]] = {}
         for name, doc in self.index.tenants.items():
-            spec = doc.data["spec"]
+            spec = _spec(doc)
             services = _dict(spec.get("services"))
             base = ("spec", "services")
             sms = services.get("SMS")
@@ -406,7 +431,7 @@ class Checker:
             if doc.data["kind"] != "Transaction":
                 continue
             name, scope = doc.data["name"], scope_of(doc)
-            sections = _dict(doc.data["spec"].get("sections"))
+            sections = _dict(_spec(doc).get("sections"))
             for section, options in sections.items():
                 if not isinstance(section, str) or not isinstance(options, dict):
                     continue
@@ -530,7 +555,11 @@ class Checker:
         needed = SMS_PROVIDER_SERVICES[provider]
         if not owners:
             return
-        complete = [o for o in owners if all(s in self.index.services(o) for s in needed)]
+        key = (tuple(owners), provider)
+        complete = self._complete.get(key)
+        if complete is None:
+            complete = any(all(s in self.index.services(o) for s in needed) for o in owners)
+            self._complete[key] = complete
         if not complete:
             where = f"tenant {describe(owners[0])}" if scope is not None else "any tenant"
             missing = [s for s in needed if s not in self.index.services(owners[0])]
@@ -561,7 +590,7 @@ class Checker:
             return
         values = [
             _str(_dict(v).get("name"))
-            for v in _list(_dict(env.data["spec"].get("businessAttributes")).get(SUBTYPE_ATTRIBUTE))
+            for v in _list(_dict(_spec(env).get("businessAttributes")).get(SUBTYPE_ATTRIBUTE))
         ]
         values = [v for v in values if v]
         if subtype not in values:
@@ -584,10 +613,13 @@ class Checker:
         for doc in self.docs:
             if doc.data["kind"] != "Queue":
                 continue
-            spec, name = doc.data["spec"], doc.data["name"]
+            spec, name = _spec(doc), doc.data["name"]
             view, strategy, submitter = (
                 _dict(spec.get("view")), _dict(spec.get("strategy")), _dict(spec.get("submitter"))
             )
+            if name in GUIDE_QUEUES:
+                self._guide_queue(doc, name, spec, view, strategy, submitter)
+                continue
             for key, own, what in (("view", view, "view"), ("strategy", strategy, "strategy")):
                 value = _str(submitter.get(key))
                 own_name = _str(own.get("name"))
@@ -606,8 +638,6 @@ class Checker:
                             else f": define spec.{what} for queue {describe(name)}"
                         ),
                     )
-            if name in GUIDE_QUEUES:
-                self._guide_queue(doc, name, spec, view, strategy, submitter)
 
     def _guide_queue(
         self,
@@ -652,7 +682,11 @@ class Checker:
                 (("spec", "strategy", "type"), "Enhanced Routing", ""),
             ]
         if submitter:
-            expected += [(("spec", "submitter", "name"), f"{name}.IS", "")]
+            expected += [
+                (("spec", "submitter", "name"), f"{name}.IS", ""),
+                (("spec", "submitter", "view"), f"{name}/scheduled_view", ""),
+                (("spec", "submitter", "strategy"), f"{name}.ER", ""),
+            ]
         for path, want, _ in expected:
             got = doc.get(path)
             if got != want:
@@ -668,7 +702,8 @@ class Checker:
         if isinstance(url, str) and not isinstance(url, Ref):
             suffix = f"/scxml/{template}.scxml"
             bases = ["$nexusURL"] + ([self.nexus_url] if self.nexus_url else [])
-            if not url.endswith(suffix) or not any(url == b + suffix for b in bases):
+            exact = any(url == b + suffix for b in bases)
+            if not url.endswith(suffix) or (self.nexus_url is not None and not exact):
                 want = (self.nexus_url or "$nexusURL") + suffix
                 self.error(
                     doc.value_mark(("spec", "strategy", "url")),
@@ -683,7 +718,7 @@ class Checker:
         for doc in self.docs:
             if doc.data["kind"] != "User":
                 continue
-            spec, scope = doc.data["spec"], scope_of(doc)
+            spec, scope = _spec(doc), scope_of(doc)
             username = _str(spec.get("username"))
             if username:
                 key = (scope, username.lower())
@@ -710,7 +745,7 @@ class Checker:
     def check_environment(self) -> None:
         env = self.index.environment
         if env is not None:
-            spec = env.data["spec"]
+            spec = _spec(env)
             routing = _dict(spec.get("routing"))
             for section, key in (("redirectQueue", "fallbackQueue"), ("undelivered", "parkQueue")):
                 queue = _str(_dict(routing.get(section)).get(key))
@@ -779,7 +814,8 @@ class Checker:
             bases.add(self.nexus_url)
         root = url.split("?", 1)[0].rstrip("/")
         want = f"{self.nexus_url or '$nexusURL'}{page}"
-        if root not in {b + page for b in bases}:
+        known_base = self.nexus_url is not None or "$nexusURL" in root
+        if (root not in {b + page for b in bases}) if known_base else not root.endswith(page):
             return (
                 f"must point at the Nexus UX page {describe(want)} (the Environment's nexus "
                 f"url + '{page}'), found {describe(root)}"
@@ -804,8 +840,8 @@ class Checker:
                     f"names customername {describe(tenant)}, which is not a Tenant "
                     f"(tenants: {quoted_list(self.index.tenants) or 'none'})"
                 )
-            own = _str(doc.data["spec"].get("ccid"))
-            if own and own.lower() != ccid.lower():
+            own = _str(_spec(doc).get("ccid"))
+            if own and is_uuid(own) and own.lower() != ccid.lower():
                 return (
                     f"passes ccid {describe(ccid)}, but tenant {describe(tenant)}'s ccid is "
                     f"{describe(own)}"
@@ -814,7 +850,9 @@ class Checker:
 
     def check_secrets(self) -> None:
         for doc in self.docs:
-            for path, value in _walk(doc.data, ()):
+            leaves: list[tuple[Path_, Any]] = []
+            _walk(doc.data, (), leaves)
+            for path, value in leaves:
                 if isinstance(value, Ref):
                     self._check_ref(doc, path, value)
                     continue
@@ -865,15 +903,23 @@ def _is_secret_path(path: Path_) -> bool:
     return False
 
 
-def _walk(node: Any, path: Path_) -> Iterator[tuple[Path_, Any]]:
+_SECRET_NAMES = frozenset({"password", "token", "clientSecret", "secret", "apikey", "key"})
+
+
+def _walk(node: Any, path: Path_, out: list[tuple[Path_, Any]]) -> None:
+    """Collect the leaves that matter for secrets: references and values of secret keys."""
     if isinstance(node, dict):
         for key, value in node.items():
-            yield from _walk(value, (*path, key))
+            if isinstance(value, dict | list):
+                _walk(value, (*path, key), out)
+            elif isinstance(value, Ref) or key in _SECRET_NAMES:
+                out.append(((*path, key), value))
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            yield from _walk(value, (*path, i))
-    else:
-        yield path, node
+            if isinstance(value, dict | list):
+                _walk(value, (*path, i), out)
+            elif isinstance(value, Ref):
+                out.append(((*path, i), value))
 
 
 def check(
@@ -888,4 +934,4 @@ def check(
     docs = [d for d in documents if is_valid(d)]
     if not docs:
         return
-    Checker(docs, findings, mode, env, strategies or available_strategies()).run()
+    Checker(docs, findings, mode, env, strategies or available_strategies(), documents).run()
