@@ -1,0 +1,417 @@
+"""``create_app(settings, ...)``: the one place that wires Nexus together.
+
+Everything with a lifetime is created per worker in listeners, from factories passed in, so the
+same call builds the app in the main process, in every spawned worker and in tests:
+
+* ``config_loader(path) -> (model | None, findings)`` validates the config tree (the lead wires
+  ``engine.config.validate.validate_paths(..., mode="serve")``); ``None`` means invalid.
+* ``store_factory(settings) -> StoreLike`` and ``cache_factory(settings) -> CacheLike``
+  (``engine.store``'s ``Store`` and ``Cache`` satisfy the Protocols below).
+* ``config_appliers``: callables ``(app, model)`` (sync or async) that apply a validated model
+  (to the store, to ``app.ctx.users``, ...); run at start and on every accepted reload.
+* ``user_directory``: where the embedded OAuth provider finds users (default: an empty
+  :class:`~engine.auth.embedded.InMemoryUserDirectory` on ``app.ctx.users`` that an applier
+  may fill with :meth:`replace`).
+
+Listeners: ``main_process_start`` (main process only) wipes and exports the Prometheus
+multiprocess directory, starts the metrics server and forwards SIGHUP to the workers;
+``before_server_start`` (each worker) loads the config, connects store and cache and applies the
+config; ``after_server_start`` starts the runtime sampler and the SIGHUP reload handler;
+``after_server_stop`` closes everything and drops the worker's live metrics.
+
+SIGHUP: each worker re-validates; on success it applies the new model and swaps
+``app.ctx.config``; on failure it keeps the old one and logs why. Both count in
+``nexus_config_reload_total{result="applied"|"rejected"}`` (per worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from sanic import HTTPResponse, Request, Sanic
+
+import engine
+from engine.api import auth_routes, health, openapi
+from engine.api.errors import EnvelopeErrorHandler
+from engine.auth.embedded import EmbeddedAuthProvider, InMemoryUserDirectory, UserDirectory
+from engine.auth.gws import GwsAuthProvider
+from engine.observability import logging as nexus_logging
+from engine.observability import metrics
+from engine.observability.server import MetricsServer
+from engine.settings import Settings
+
+log = logging.getLogger("nexus.app")
+
+
+class StoreLike(Protocol):
+    async def connect(self) -> Any: ...
+
+    async def disconnect(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+
+class CacheLike(Protocol):
+    async def connect(self) -> Any: ...
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    @property
+    def state(self) -> str: ...
+
+
+ConfigLoader = Callable[[str], "tuple[Any | None, Sequence[Any]]"]
+ConfigApplier = Callable[[Sanic, Any], "Awaitable[None] | None"]
+StoreFactory = Callable[[Settings], StoreLike]
+CacheFactory = Callable[[Settings], CacheLike]
+
+
+class ConfigRejected(RuntimeError):
+    """The config at start is invalid: the worker does not start."""
+
+
+# ---------------------------------------------------------------------- build information
+def _git_changeset(root: Path) -> str:
+    """The commit of HEAD in the checkout at ``root`` (file reads only, no git process)."""
+    git = root / ".git"
+    try:
+        if git.is_file():  # a worktree: "gitdir: <path>"
+            git = (root / git.read_text().split(":", 1)[1].strip()).resolve()
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        common = git
+        if (git / "commondir").is_file():
+            common = (git / (git / "commondir").read_text().strip()).resolve()
+        for base in (git, common):
+            if (base / ref).is_file():
+                return (base / ref).read_text().strip()
+        packed = common / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split(" ", 1)[0]
+    except (OSError, IndexError):
+        pass
+    return "unknown"
+
+
+def build_info() -> dict[str, str]:
+    """``{version, changeset, timestamp}``: NEXUS_CHANGESET / NEXUS_BUILD_TIMESTAMP (set by the
+    image build) or, from a checkout, the git HEAD and the package's modification time."""
+    root = Path(engine.__file__).resolve().parent.parent
+    changeset = os.environ.get("NEXUS_CHANGESET") or _git_changeset(root)
+    timestamp = os.environ.get("NEXUS_BUILD_TIMESTAMP")
+    if not timestamp:
+        try:
+            mtime = Path(engine.__file__).stat().st_mtime
+        except OSError:
+            mtime = time.time()
+        timestamp = datetime.fromtimestamp(mtime, UTC).strftime("%a %b %d %H:%M:%S UTC %Y")
+    return {"version": engine.__version__, "changeset": changeset, "timestamp": timestamp}
+
+
+# ---------------------------------------------------------------------- the factory
+def _app_name(name: str | None) -> str:
+    if name:
+        return name
+    return f"nexus_{secrets.token_hex(4)}" if Sanic.test_mode else "nexus"
+
+
+def create_app(
+    settings: Settings,
+    *,
+    config_loader: ConfigLoader | None = None,
+    store_factory: StoreFactory | None = None,
+    cache_factory: CacheFactory | None = None,
+    config_appliers: Iterable[ConfigApplier] = (),
+    user_directory: UserDirectory | None = None,
+    probes: health.HealthProbes | None = None,
+    name: str | None = None,
+    serve_metrics: bool = True,
+    sample_interval: float = 5.0,
+) -> Sanic:
+    app = Sanic(_app_name(name), configure_logging=False)
+    app.config.REQUEST_MAX_SIZE = settings.body_limit
+    app.config.ACCESS_LOG = False
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.MOTD = False
+    app.error_handler = EnvelopeErrorHandler()
+
+    ctx = app.ctx
+    ctx.settings = settings
+    ctx.started_at = time.time()
+    ctx.build_info = build_info()
+    ctx.config = None
+    ctx.config_findings = []
+    ctx.config_loader = config_loader
+    ctx.config_appliers = list(config_appliers)
+    ctx.reload_lock = asyncio.Lock()
+    ctx.store = None
+    ctx.cache = None
+    ctx.store_factory = store_factory
+    ctx.cache_factory = cache_factory
+    ctx.probes = probes or health.StoreCacheProbes(None, None)
+    ctx.fixed_probes = probes is not None
+    ctx.users = user_directory if user_directory is not None else InMemoryUserDirectory()
+    ctx.embedded_auth = (
+        EmbeddedAuthProvider(
+            secret=settings.secret or secrets.token_urlsafe(48),
+            users=ctx.users,
+            client_secret=settings.client_secret,
+            access_ttl=settings.access_token_ttl,
+            refresh_ttl=settings.refresh_token_ttl,
+        )
+        if settings.auth == "embedded"
+        else None
+    )
+    ctx.auth = ctx.embedded_auth
+    ctx.sampler = metrics.RuntimeSampler(interval=sample_interval)
+    ctx.metrics_server = None
+    ctx.route_labels = {}
+
+    nexus_logging.register_secret(
+        settings.secret, settings.client_secret, settings.redis_password,
+        *nexus_logging.secrets_in_url(settings.db_url),
+        *nexus_logging.secrets_in_url(settings.redis_url),
+    )
+    app.blueprint(health.bp)
+    app.blueprint(auth_routes.bp)
+    app.blueprint(openapi.bp)
+    _add_middleware(app)
+    _add_listeners(app, serve_metrics)
+    return app
+
+
+# ---------------------------------------------------------------------- middleware
+def _route_label(app: Sanic, request: Request) -> str:
+    route = request.route
+    if route is None:
+        return "unmatched"
+    labels: dict[str, str] = app.ctx.route_labels
+    label = labels.get(route.name)
+    if label is None:
+        label = labels[route.name] = route.name.split(".", 1)[-1]
+    return label
+
+
+def _add_middleware(app: Sanic) -> None:
+    sampler: metrics.RuntimeSampler = app.ctx.sampler
+    inflight = sampler.inflight
+
+    @app.on_request(priority=1000)
+    async def begin(request: Request) -> None:
+        request.ctx.trace_id = nexus_logging.trace_id_from(request.headers.get("x-b3-traceid"))
+        request.ctx.started = time.perf_counter()
+        inflight.add(request)
+
+    @app.on_response(priority=1000)
+    async def end(request: Request, response: HTTPResponse) -> None:
+        trace_id = getattr(request.ctx, "trace_id", None)
+        if trace_id is None:  # the request never reached the request middleware
+            trace_id = request.ctx.trace_id = nexus_logging.trace_id_from(None)
+            request.ctx.started = time.perf_counter()
+        response.headers["X-B3-TraceId"] = trace_id
+        metrics.REQUESTS.inc()
+        status = response.status
+        if status >= 500:
+            metrics.ERRORS.inc()
+        inflight.discard(request)
+        nexus_logging.access_line(
+            trace_id=trace_id,
+            method=request.method,
+            route=_route_label(app, request),
+            path=request.path,
+            query=request.query_string,
+            status=status,
+            started=request.ctx.started,
+            remote=request.remote_addr or (request.ip or ""),
+        )
+
+
+# ---------------------------------------------------------------------- config
+async def _call(func: Callable[..., Any], *args: Any) -> Any:
+    result = func(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _is_error(finding: Any) -> bool:
+    severity = getattr(finding, "severity", "error")
+    return str(getattr(severity, "value", severity)).lower() == "error"
+
+
+async def load_config(app: Sanic) -> tuple[Any | None, Sequence[Any]]:
+    loader: ConfigLoader | None = app.ctx.config_loader
+    if loader is None:
+        return None, ()
+    return await asyncio.to_thread(loader, app.ctx.settings.config_path)
+
+
+async def apply_config(app: Sanic, model: Any) -> None:
+    for applier in app.ctx.config_appliers:
+        await _call(applier, app, model)
+
+
+async def reload_config(app: Sanic) -> bool:
+    """Re-validate and apply the config; keep the running one when anything fails."""
+    async with app.ctx.reload_lock:
+        try:
+            model, findings = await load_config(app)
+        except Exception:
+            log.exception("config reload: loading failed; keeping the running config")
+            metrics.CONFIG_RELOADS.labels(result="rejected").inc()
+            return False
+        app.ctx.config_findings = list(findings)
+        if model is None:
+            errors = [f for f in findings if _is_error(f)] or list(findings)
+            for finding in errors[:50]:
+                log.error("config reload rejected: %s", finding)
+            log.error(
+                "config reload rejected (%d finding(s)); keeping the running config",
+                len(errors),
+            )
+            metrics.CONFIG_RELOADS.labels(result="rejected").inc()
+            return False
+        try:
+            await apply_config(app, model)
+        except Exception:
+            log.exception("config reload: applying failed; keeping the running config")
+            metrics.CONFIG_RELOADS.labels(result="rejected").inc()
+            return False
+        app.ctx.config = model
+        metrics.CONFIG_RELOADS.labels(result="applied").inc()
+        log.info("config reloaded from %s", app.ctx.settings.config_path)
+        return True
+
+
+# ---------------------------------------------------------------------- listeners
+def _forward_sighup(app: Sanic) -> Callable[[int, Any], None]:
+    def handler(signum: int, frame: Any) -> None:
+        manager = getattr(app, "_manager", None)
+        pids = [p.pid for p in getattr(manager, "transient_processes", ()) if p.pid]
+        log.info("SIGHUP: reloading the config in %d worker(s)", len(pids))
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGHUP)
+            except ProcessLookupError:
+                continue
+
+    return handler
+
+
+def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
+    settings: Settings = app.ctx.settings
+
+    @app.main_process_start
+    async def main_start(app: Sanic, _: Any) -> None:
+        nexus_logging.configure_logging(settings.log_format)
+        directory = metrics.prepare_multiprocess_dir(
+            os.environ.get(metrics.MULTIPROC_ENV) or settings.multiproc_dir
+        )
+        log.info("prometheus multiprocess directory %s", directory)
+        if serve_metrics:
+            app.ctx.metrics_server = MetricsServer(settings.host, settings.metrics_port).start()
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, _forward_sighup(app))
+
+    @app.main_process_stop
+    async def main_stop(app: Sanic, _: Any) -> None:
+        server: MetricsServer | None = app.ctx.metrics_server
+        if server is not None:
+            server.stop()
+            app.ctx.metrics_server = None
+
+    @app.before_server_start
+    async def connect(app: Sanic, _: Any) -> None:
+        if os.environ.get("SANIC_WORKER_NAME") and hasattr(signal, "SIGHUP"):
+            # A reload request that arrives before the handler is installed must not kill us.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            nexus_logging.configure_logging(settings.log_format)
+        if settings.auth == "gws":
+            app.ctx.auth = GwsAuthProvider(settings.auth_url)
+        model, findings = await load_config(app)
+        app.ctx.config_findings = list(findings)
+        if app.ctx.config_loader is not None and model is None:
+            for finding in findings:
+                log.error("config: %s", finding)
+            raise ConfigRejected(
+                f"the config at {settings.config_path} is invalid ({len(findings)} finding(s))"
+            )
+        if app.ctx.store_factory is not None:
+            app.ctx.store = app.ctx.store_factory(settings)
+            await app.ctx.store.connect()
+        if app.ctx.cache_factory is not None:
+            app.ctx.cache = app.ctx.cache_factory(settings)
+            await app.ctx.cache.connect()
+        if not app.ctx.fixed_probes:
+            app.ctx.probes = health.StoreCacheProbes(app.ctx.store, app.ctx.cache)
+        if model is not None:
+            await apply_config(app, model)
+            app.ctx.config = model
+
+    @app.after_server_start
+    async def start_background(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
+        app.ctx.sampler.start()
+        app.ctx.sighup_installed = False
+        if hasattr(signal, "SIGHUP") and os.environ.get("SANIC_WORKER_NAME"):
+            try:
+                loop.add_signal_handler(
+                    signal.SIGHUP, lambda: app.add_task(reload_config(app), name="config-reload")
+                )
+                app.ctx.sighup_installed = True
+            except (NotImplementedError, RuntimeError, ValueError):
+                log.warning("SIGHUP reload is not available in this process")
+
+    @app.before_server_stop
+    async def stop_background(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
+        if getattr(app.ctx, "sighup_installed", False):
+            loop.remove_signal_handler(signal.SIGHUP)
+        await app.ctx.sampler.stop()
+
+    @app.after_server_stop
+    async def disconnect(app: Sanic, _: Any) -> None:
+        cache, store = app.ctx.cache, app.ctx.store
+        app.ctx.cache = app.ctx.store = None
+        if cache is not None:
+            await _quietly(cache.close(), "cache close")
+        if store is not None:
+            await _quietly(store.disconnect(), "store disconnect")
+        auth = app.ctx.auth
+        if isinstance(auth, GwsAuthProvider):
+            await _quietly(auth.aclose(), "auth client close")
+        if os.environ.get("SANIC_WORKER_NAME"):
+            metrics.mark_worker_dead()
+
+
+async def _quietly(awaitable: Awaitable[Any], what: str) -> None:
+    try:
+        await awaitable
+    except Exception:
+        log.exception("%s failed", what)
+
+
+def wiring_kwargs(wiring: Mapping[str, Any] | None) -> dict[str, Any]:
+    allowed = {
+        "config_loader", "store_factory", "cache_factory", "config_appliers", "user_directory",
+        "probes",
+    }
+    kwargs = dict(wiring or {})
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(f"unknown wiring key(s): {', '.join(unknown)}")
+    return kwargs

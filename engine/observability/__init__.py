@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics (multiprocess), process/runtime stats, JSON logs."""

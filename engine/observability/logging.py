@@ -1,0 +1,240 @@
+"""Structured logs: JSON lines (or text for humans) on stdout, secrets masked in every record.
+
+* :func:`configure_logging` installs one stdout handler on the root logger (Sanic's loggers
+  propagate into it) with :class:`SecretFilter` and the JSON or text formatter.
+* :class:`SecretFilter` masks the values of ``Authorization``, ``x-api-key``,
+  ``x-nexus-client-key``, passwords, tokens and any ``*secret*`` field in the message, the
+  arguments, the extra fields and the traceback, plus JWT-shaped strings and every value
+  registered with :func:`register_secret` (the signing secret, the client secret, passwords in
+  database/Redis URLs).
+* :func:`trace_id_from` accepts an ``X-B3-TraceId`` of 16 or 32 hex characters or makes one.
+* :func:`access_line` writes the one access line per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import sys
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode
+
+MASK = "***"
+ACCESS_LOGGER = "nexus.access"
+_TRACE_RE = re.compile(r"^(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{32})$")
+_SENSITIVE = (
+    r"authorization|proxy-authorization|x-api-key|x-nexus-client-key|apikey|api_key|xapikey"
+    r"|password|passwd|pwd|[a-z_-]*secret[a-z_-]*|[a-z_-]*token|cookie|set-cookie"
+)
+# key, separator (quotes, ':' or '='), optional auth scheme, then the value.
+_KV_RE = re.compile(
+    rf"""(?ix)
+    (?P<key>\b(?:{_SENSITIVE})\b)
+    (?P<sep>["']?\s*[:=]\s*[\[(]?\s*(?:b?["'])?)
+    (?P<scheme>(?:Bearer|Basic)\s+)?
+    (?P<value>[^\s"'&,;)}}\]]+)
+    """
+)
+_JWT_RE = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{10,}")
+_SENSITIVE_KEY_RE = re.compile(rf"^(?:{_SENSITIVE})$", re.I)
+_secrets: set[str] = set()
+_secrets_re: re.Pattern[str] | None = None
+
+
+def register_secret(*values: str | None) -> None:
+    """Mask these literal values wherever they appear in a log record (6+ characters only)."""
+    global _secrets_re
+    added = {v for v in values if v and len(v) >= 6}
+    if not added - _secrets:
+        return
+    _secrets.update(added)
+    ordered = sorted(_secrets, key=len, reverse=True)
+    _secrets_re = re.compile("|".join(re.escape(v) for v in ordered))
+
+
+def mask(text: str) -> str:
+    """``text`` with every secret value replaced by ``***``."""
+    if _secrets_re is not None:
+        text = _secrets_re.sub(MASK, text)
+    text = _KV_RE.sub(lambda m: f"{m['key']}{m['sep']}{m['scheme'] or ''}{MASK}", text)
+    return _JWT_RE.sub(MASK, text)
+
+
+def mask_value(key: str, value: Any) -> Any:
+    if isinstance(key, str) and _SENSITIVE_KEY_RE.match(key):
+        return MASK
+    if isinstance(value, str):
+        return mask(value)
+    if isinstance(value, dict):
+        return {k: mask_value(k, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [mask_value("", v) for v in value]
+    return value
+
+
+def mask_query(query: str) -> str:
+    """A query string with sensitive parameters' values masked (for the access log)."""
+    if not query:
+        return ""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    masked = [(k, MASK if _SENSITIVE_KEY_RE.match(k) else mask(v)) for k, v in pairs]
+    return urlencode(masked, safe="*[]/:")
+
+
+def trace_id_from(header: str | None) -> str:
+    """A valid incoming ``X-B3-TraceId`` (lower-cased) or a fresh 32-hex-character one."""
+    if header and _TRACE_RE.match(header):
+        return header.lower()
+    return secrets.token_hex(16)
+
+
+#: LogRecord attributes that are not "extra" fields.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
+class SecretFilter(logging.Filter):
+    """Masks secrets in a record's message, arguments, extras and exception text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string must still be logged
+            message = f"{record.msg!r} {record.args!r}"
+        record.msg = mask(message)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask(record.exc_text)
+        record.exc_info = None
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD:
+                setattr(record, key, mask_value(key, value))
+        return True
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z"
+    )
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": _iso(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+        }
+        line.update(_extras(record))
+        if record.exc_text:
+            line["exc"] = record.exc_text
+        return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        extras = _extras(record)
+        trace = extras.pop("trace_id", None)
+        head = f"{_iso(record.created)} {record.levelname:<7} {record.name}"
+        if trace:
+            head += f" [{trace}]"
+        tail = " ".join(f"{k}={v}" for k, v in extras.items())
+        text = f"{head}: {record.getMessage()}" + (f" ({tail})" if tail else "")
+        if record.exc_text:
+            text += "\n" + record.exc_text
+        return text
+
+
+class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to the current ``sys.stdout`` (so redirections and test capture work)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        return
+
+
+_NEXUS_HANDLER = "nexus-stdout"
+
+
+def configure_logging(fmt: str = "json", level: int | str = logging.INFO) -> logging.Handler:
+    """Install (or replace) the single stdout handler of the root logger."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler.get_name() == _NEXUS_HANDLER:
+            root.removeHandler(handler)
+    handler = StdoutHandler()
+    handler.set_name(_NEXUS_HANDLER)
+    handler.addFilter(SecretFilter())
+    handler.setFormatter(TextFormatter() if fmt == "text" else JsonFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    for name in ("sanic.root", "sanic.error", "sanic.server", "sanic.websockets"):
+        logger = logging.getLogger(name)
+        logger.handlers.clear()
+        logger.propagate = True
+    # Nexus writes its own access lines; Sanic's would duplicate them.
+    logging.getLogger("sanic.access").disabled = True
+    return handler
+
+
+_access = logging.getLogger(ACCESS_LOGGER)
+
+
+def access_line(
+    *,
+    trace_id: str,
+    method: str,
+    route: str,
+    path: str,
+    query: str,
+    status: int,
+    started: float,
+    remote: str,
+) -> None:
+    duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
+    if not _access.isEnabledFor(logging.INFO):
+        return
+    shown = f"{path}?{mask_query(query)}" if query else path
+    _access.info(
+        "%s %s %d",
+        method,
+        shown,
+        status,
+        extra={
+            "trace_id": trace_id,
+            "method": method,
+            "route": route,
+            "path": shown,
+            "status": status,
+            "duration_ms": duration_ms,
+            "remote": remote,
+            "worker": os.getpid(),
+        },
+    )
+
+
+def secrets_in_url(url: str) -> Iterable[str]:
+    """The password of a ``scheme://user:password@host`` URL (to register as a secret)."""
+    match = re.match(r"^[a-z][a-z0-9+.-]*://[^:/@]*:([^@/]+)@", url, re.I)
+    if match:
+        yield match.group(1)

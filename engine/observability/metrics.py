@@ -1,0 +1,356 @@
+"""Prometheus metrics of the runtime, under the guide's names, correct with several workers.
+
+Multiprocess mode (prometheus-client): ``PROMETHEUS_MULTIPROC_DIR`` is set and wiped by the main
+process before any worker is spawned (:func:`prepare_multiprocess_dir`); spawned workers inherit
+it and write their samples to mmap'd files there; the metrics server in the main process merges
+them per scrape (:func:`render`). Without the variable (tests, tools) the default registry of
+this process is served instead.
+
+HTTP metrics (``nexus_request_total``, ``nexus_errors_total``) carry **no labels**, exactly as
+the guide's table lists them: the guide's "Nexus error rate" alert divides one by the other per
+pod, and unlabeled counters keep each request to two cheap increments with no cardinality risk.
+Per-route detail is in the access log (route name, status, duration). An "error" is a response
+with status >= 500 (an unhandled exception included): 4xx answers are the client's mistake and
+would make the error-rate alert fire on bad widget keys or polling 404s.
+
+Process metrics (``nexus_process_*``) are collected at scrape time by
+:class:`ProcessTreeCollector` from ``/proc`` for the main process and every live process below
+it (the workers), summed; the start time is the oldest. CPU of workers that already exited is
+kept through the main process's ``cutime``/``cstime``, so the CPU counters never go backwards
+when a worker is replaced.
+
+Runtime metrics (the guide's ``nexus_nodejs_*`` names) are measured in each worker by
+:class:`RuntimeSampler` and written as gauges with a ``live*`` multiprocess mode (summed, or
+the maximum for event-loop lag); ``mark_process_dead`` drops a stopped worker's files. See
+docs/metrics.md for which metrics are exact and which are Python equivalents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import logging
+import os
+import platform
+import shutil
+import sys
+import weakref
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from engine.observability import procfs
+
+log = logging.getLogger("nexus.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# ---------------------------------------------------------------------- HTTP
+REQUESTS = Counter("nexus_request", "The total number of requests.")
+ERRORS = Counter("nexus_errors", "The total number of requests that resulted in an error.")
+CONFIG_RELOADS = Counter(
+    "nexus_config_reload",
+    "Config reloads (SIGHUP) per worker, by result: applied or rejected.",
+    ["result"],
+)
+
+# ---------------------------------------------------------------------- runtime (per worker)
+EVENTLOOP_LAG = Gauge(
+    "nexus_nodejs_eventloop_lag_seconds",
+    "The asyncio event loop lag, in seconds (the worst worker).",
+    multiprocess_mode="livemax",
+)
+HANDLE_TYPES = ("Task", "Socket", "Pipe", "File", "Other")
+ACTIVE_HANDLES = Gauge(
+    "nexus_nodejs_active_handles",
+    "The number of active asyncio tasks and open descriptors, grouped by type.",
+    ["type"],
+    multiprocess_mode="livesum",
+)
+ACTIVE_HANDLES_TOTAL = Gauge(
+    "nexus_nodejs_active_handles_total",
+    "The total number of active asyncio tasks and open descriptors.",
+    multiprocess_mode="livesum",
+)
+REQUEST_TYPES = ("HttpRequest",)
+ACTIVE_REQUESTS = Gauge(
+    "nexus_nodejs_active_requests",
+    "The number of in-flight requests, grouped by type.",
+    ["type"],
+    multiprocess_mode="livesum",
+)
+ACTIVE_REQUESTS_TOTAL = Gauge(
+    "nexus_nodejs_active_requests_total",
+    "The total number of in-flight requests.",
+    multiprocess_mode="livesum",
+)
+HEAP_TOTAL = Gauge(
+    "nexus_nodejs_heap_size_total_bytes",
+    "Private writable memory reserved by the Python processes (VmData), in bytes.",
+    multiprocess_mode="livesum",
+)
+HEAP_USED = Gauge(
+    "nexus_nodejs_heap_size_used_bytes",
+    "Resident anonymous memory of the Python processes (RssAnon), in bytes.",
+    multiprocess_mode="livesum",
+)
+EXTERNAL = Gauge(
+    "nexus_nodejs_external_memory_bytes",
+    "Resident file-backed memory of the Python processes (RssFile), in bytes.",
+    multiprocess_mode="livesum",
+)
+SPACE_TOTAL = Gauge(
+    "nexus_nodejs_heap_space_size_total_bytes",
+    "Size of the private writable mappings by space, in bytes.",
+    ["space"],
+    multiprocess_mode="livesum",
+)
+SPACE_USED = Gauge(
+    "nexus_nodejs_heap_space_size_used_bytes",
+    "Resident size of the private writable mappings by space, in bytes.",
+    ["space"],
+    multiprocess_mode="livesum",
+)
+SPACE_AVAILABLE = Gauge(
+    "nexus_nodejs_heap_space_size_available_bytes",
+    "Reserved but not resident size of the private writable mappings by space, in bytes.",
+    ["space"],
+    multiprocess_mode="livesum",
+)
+
+#: Every metric name the guide's table lists that this module publishes, with its type.
+GUIDE_METRICS: dict[str, str] = {
+    "nexus_errors_total": "counter",
+    "nexus_request_total": "counter",
+    "nexus_process_cpu_user_seconds_total": "counter",
+    "nexus_process_cpu_system_seconds_total": "counter",
+    "nexus_process_cpu_seconds_total": "counter",
+    "nexus_process_start_time_seconds": "gauge",
+    "nexus_process_resident_memory_bytes": "gauge",
+    "nexus_process_virtual_memory_bytes": "gauge",
+    "nexus_process_heap_bytes": "gauge",
+    "nexus_process_open_fds": "gauge",
+    "nexus_process_max_fds": "gauge",
+    "nexus_nodejs_eventloop_lag_seconds": "gauge",
+    "nexus_nodejs_active_handles": "gauge",
+    "nexus_nodejs_active_handles_total": "gauge",
+    "nexus_nodejs_active_requests": "gauge",
+    "nexus_nodejs_active_requests_total": "gauge",
+    "nexus_nodejs_heap_size_total_bytes": "gauge",
+    "nexus_nodejs_heap_size_used_bytes": "gauge",
+    "nexus_nodejs_external_memory_bytes": "gauge",
+    "nexus_nodejs_heap_space_size_total_bytes": "gauge",
+    "nexus_nodejs_heap_space_size_used_bytes": "gauge",
+    "nexus_nodejs_heap_space_size_available_bytes": "gauge",
+    "nexus_nodejs_version_info": "gauge",
+}
+
+
+# ---------------------------------------------------------------------- multiprocess directory
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path``, delete the ``*.db`` files a previous run left, export the variable.
+
+    Call in the main process before workers are spawned (``main_process_start``).
+    """
+    directory = Path(path).resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in glob.glob(str(directory / "*.db")):
+        os.unlink(stale)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def mark_worker_dead(pid: int | None = None) -> None:
+    """Drop the ``live*`` gauge files of a stopped worker (``after_server_stop``)."""
+    directory = multiprocess_dir()
+    if directory:
+        multiprocess.mark_process_dead(os.getpid() if pid is None else pid, directory)
+
+
+def remove_multiprocess_dir(path: str | os.PathLike[str]) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- scrape-time collectors
+class ProcessTreeCollector(Collector):
+    """``nexus_process_*`` of a process tree (the main process and its workers)."""
+
+    def __init__(self, root_pid: int | None = None) -> None:
+        self.root_pid = root_pid
+
+    def collect(self) -> Iterable[Metric]:
+        stats = procfs.tree_stats(self.root_pid)
+        user = CounterMetricFamily(
+            "nexus_process_cpu_user_seconds", "The total user CPU time spent, in seconds."
+        )
+        user.add_metric([], stats.cpu_user)
+        system = CounterMetricFamily(
+            "nexus_process_cpu_system_seconds", "The total system CPU time spent, in seconds."
+        )
+        system.add_metric([], stats.cpu_system)
+        total = CounterMetricFamily(
+            "nexus_process_cpu_seconds", "The total user and system CPU time spent, in seconds."
+        )
+        total.add_metric([], stats.cpu_user + stats.cpu_system)
+        yield user
+        yield system
+        yield total
+        gauges = (
+            ("nexus_process_start_time_seconds",
+             "The start time of the process since the Unix epoch, in seconds.", stats.start_time),
+            ("nexus_process_resident_memory_bytes", "The resident memory size, in bytes.",
+             stats.resident),
+            ("nexus_process_virtual_memory_bytes", "The virtual memory size, in bytes.",
+             stats.virtual),
+            ("nexus_process_heap_bytes", "The process heap size, in bytes.", stats.heap),
+            ("nexus_process_open_fds", "The number of open file descriptors.", stats.open_fds),
+            ("nexus_process_max_fds", "The maximum number of open file descriptors.",
+             stats.max_fds),
+        )
+        for name, doc, value in gauges:
+            yield GaugeMetricFamily(name, doc, value=value)
+        version = GaugeMetricFamily(
+            "nexus_nodejs_version_info",
+            "Python version information (the runtime of Nexus, in place of Node.js).",
+            labels=["version", "major", "minor", "patch"],
+        )
+        info = sys.version_info
+        version.add_metric(
+            [platform.python_version(), str(info.major), str(info.minor), str(info.micro)], 1
+        )
+        yield version
+
+
+class _Forward(Collector):
+    """Serves another registry's metrics from a per-scrape registry (single-process mode)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()
+
+
+def build_registry(root_pid: int | None = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    if multiprocess_dir():
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_Forward(REGISTRY))
+    registry.register(ProcessTreeCollector(root_pid))
+    return registry
+
+
+def render(root_pid: int | None = None) -> bytes:
+    """The text exposition of every metric (aggregated over workers in multiprocess mode)."""
+    return generate_latest(build_registry(root_pid))
+
+
+# ---------------------------------------------------------------------- per-worker runtime
+def _fd_type(target: str) -> str:
+    if target.startswith("socket:"):
+        return "Socket"
+    if target.startswith("pipe:"):
+        return "Pipe"
+    if target.startswith("/"):
+        return "File"
+    return "Other"
+
+
+def _sample_process() -> dict[str, Any]:
+    """The blocking part of a sample (procfs reads), run in a thread."""
+    counts = dict.fromkeys(HANDLE_TYPES, 0)
+    fd_dir = procfs.PROC / "self" / "fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        names = []
+    for name in names:
+        try:
+            counts[_fd_type(os.readlink(fd_dir / name))] += 1
+        except OSError:
+            continue
+    return {
+        "handles": counts,
+        "memory": procfs.memory_usage(),
+        "spaces": procfs.heap_spaces(),
+    }
+
+
+class RuntimeSampler:
+    """Measures this worker's event-loop lag, tasks, descriptors, in-flight requests, memory."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self.inflight: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._handles = {t: ACTIVE_HANDLES.labels(type=t) for t in HANDLE_TYPES}
+        self._requests = {t: ACTIVE_REQUESTS.labels(type=t) for t in REQUEST_TYPES}
+        self._spaces = {
+            s: (SPACE_TOTAL.labels(space=s), SPACE_USED.labels(space=s),
+                SPACE_AVAILABLE.labels(space=s))
+            for s in procfs.SPACES
+        }
+        self._task: asyncio.Task[None] | None = None
+
+    async def sample(self, lag: float | None = None) -> None:
+        if lag is not None:
+            EVENTLOOP_LAG.set(max(lag, 0.0))
+        tasks = len(asyncio.all_tasks())
+        data = await asyncio.to_thread(_sample_process)
+        handles = data["handles"]
+        handles["Task"] = tasks
+        for kind, child in self._handles.items():
+            child.set(handles[kind])
+        ACTIVE_HANDLES_TOTAL.set(sum(handles.values()))
+        inflight = len(self.inflight)
+        self._requests["HttpRequest"].set(inflight)
+        ACTIVE_REQUESTS_TOTAL.set(inflight)
+        memory: procfs.MemoryUsage = data["memory"]
+        HEAP_TOTAL.set(memory.heap_total)
+        HEAP_USED.set(memory.heap_used)
+        EXTERNAL.set(memory.external)
+        for space, (size, resident) in data["spaces"].items():
+            total, used, available = self._spaces[space]
+            total.set(size)
+            used.set(resident)
+            available.set(max(size - resident, 0))
+
+    async def run(self, clock: Callable[[], float] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        now = clock or loop.time
+        while True:
+            start = now()
+            await asyncio.sleep(self.interval)
+            lag = now() - start - self.interval
+            try:
+                await self.sample(lag)
+            except Exception:  # a failed sample must not end the sampler
+                log.exception("runtime metrics sample failed")
+
+    def start(self) -> asyncio.Task[None]:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="nexus-metrics")
+        return self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None

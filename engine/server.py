@@ -1,0 +1,110 @@
+"""Running the engine: Sanic's worker manager with an app factory that spawned workers re-run.
+
+:func:`serve` builds the app once in the main process (for its main-process listeners: the
+metrics directory, the metrics server, SIGHUP forwarding), then ``Sanic.serve`` spawns
+``settings.workers`` workers; each re-imports this module and calls :func:`build_app` with the
+same (pickled) settings and wiring path. Nothing here has side effects at import.
+
+Wiring: a ``"module:function"`` path of a callable ``(settings) -> mapping`` returning keyword
+arguments of :func:`engine.app.create_app` (``config_loader``, ``store_factory``,
+``cache_factory``, ``config_appliers``, ``user_directory``, ``probes``). A path (not objects)
+crosses the process boundary, so every worker builds its own store and cache.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Mapping
+from functools import partial
+from typing import Any, TextIO
+
+from sanic import Sanic
+from sanic.worker.loader import AppLoader
+
+from engine.app import create_app, wiring_kwargs
+from engine.settings import Settings
+
+Wiring = Callable[[Settings], Mapping[str, Any]]
+
+
+def resolve_wiring(path: str | None) -> Wiring | None:
+    if not path:
+        return None
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"wiring must be 'module:function', got {path!r}")
+    func = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(func):
+        raise ValueError(f"wiring {path!r} is not a callable")
+    return func
+
+
+def build_app(settings: Settings, wiring: str | None = None) -> Sanic:
+    """The app factory of the main process and of every worker."""
+    func = resolve_wiring(wiring)
+    kwargs = wiring_kwargs(func(settings) if func else None)
+    return create_app(settings, **kwargs)
+
+
+def banner(settings: Settings) -> str:
+    api = settings.api_url
+    secret = settings.client_secret and "<NEXUS_CLIENT_SECRET>"
+    lines = [
+        f"Nexus is starting with {settings.workers} worker(s) (auth: {settings.auth})",
+        f"  API      {api}   (public URL {settings.fqdn})",
+        f"  health   {api}/health/detail",
+        f"  metrics  {settings.metrics_url}",
+        f"  OpenAPI  {api}/nexus/v3/openapi.json",
+    ]
+    if settings.auth == "embedded":
+        lines += [
+            "  token    curl --user nexus_client:" + (secret or "")
+            + f" --request POST '{api}/auth/v3/oauth/token' \\",
+            "             --data-urlencode 'username=<ccid>\\<user>' "
+            "--data-urlencode 'password=<password>' \\",
+            "             --data-urlencode 'grant_type=password' "
+            "--data-urlencode 'client_id=nexus_client'",
+            "           (an environment user: username=<user>, without '<ccid>\\')",
+        ]
+    else:
+        lines.append(f"  tokens   from the auth service at {settings.auth_url}")
+    return "\n".join(lines)
+
+
+def check_config(settings: Settings, wiring: str | None, err: TextIO) -> bool:
+    """Validate the config once in the main process, so a bad config fails before forking."""
+    func = resolve_wiring(wiring)
+    loader = wiring_kwargs(func(settings) if func else None).get("config_loader")
+    if loader is None:
+        return True
+    model, findings = loader(settings.config_path)
+    if model is None:
+        for finding in findings:
+            print(finding, file=err)
+        print(f"nexus serve: the config at {settings.config_path} is invalid", file=err)
+        return False
+    return True
+
+
+def serve(
+    settings: Settings,
+    *,
+    wiring: str | None = None,
+    out: TextIO | None = None,
+) -> int:
+    out = out or sys.stderr
+    if not check_config(settings, wiring, out):
+        return 1
+    loader = AppLoader(factory=partial(build_app, settings, wiring))
+    app = loader.load()
+    app.prepare(
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        access_log=False,
+        motd=False,
+    )
+    print(banner(settings), file=out, flush=True)
+    Sanic.serve(primary=app, app_loader=loader)
+    return 0
