@@ -17,6 +17,7 @@ from engine import __version__
 # Modules providing sub-commands, in the order `nexus --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "engine.config.commands",
+    "engine.routing.statechart.cli",
 )
 
 
