@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxml import etree
+
 from .clock import SimulatedClock
 from .parser import DocumentError, load_document
 from .runtime import Runtime
@@ -23,6 +25,23 @@ class TestOutcome:
     reason: str  # final state id reached, or why it did not finish
 
     __test__ = False  # not a pytest class
+
+
+def is_helper_document(path: str | Path) -> bool:
+    """True for a well-formed SCXML document with neither a 'pass' nor a 'fail' state.
+
+    IRP folders hold child documents (``test216sub1.scxml``) beside the tests; a glob over
+    the folder includes them. Anything unreadable or malformed is NOT a helper: it is run
+    and reported as a failure.
+    """
+    try:
+        root = etree.parse(str(path)).getroot()
+    except (OSError, etree.XMLSyntaxError):
+        return False
+    if etree.QName(root).localname != "scxml":
+        return False
+    ids = set(root.xpath("//@id"))
+    return "pass" not in ids and "fail" not in ids
 
 
 def run_test_file(path: str | Path) -> TestOutcome:

@@ -100,3 +100,22 @@ def test_through_the_nexus_entry_point(tmp_path: Path, capsys, monkeypatch: pyte
     good = write(tmp_path, "good.scxml", GOOD)
     assert nexus_cli.main(["scxml", "test", good]) == 0
     assert capsys.readouterr().out.splitlines() == [f"PASS {good}", "1 passed, 0 failed"]
+
+
+def test_whole_irp_folder_glob_passes_and_helper_documents_are_not_counted(
+    capsys, shared_dir: Path  # noqa: ANN001
+) -> None:
+    files = sorted(str(p) for p in (shared_dir / "scxml-irp" / "ecma").glob("*.scxml"))
+    helpers = [f for f in files if "sub" in Path(f).name]
+    assert helpers, "the IRP folder holds child documents for invoke tests"
+    assert run(["scxml", "test", *files]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == f"{len(files) - len(helpers)} passed, 0 failed"
+    for helper in helpers:
+        assert f"{helper} has no 'pass' or 'fail' state" in captured.err
+
+
+def test_malformed_file_is_a_failure_not_a_helper(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    broken = write(tmp_path, "broken.scxml", "<scxml")
+    assert run(["scxml", "test", broken]) == 1
+    assert capsys.readouterr().out.splitlines() == [f"FAIL {broken}", "0 passed, 1 failed"]
