@@ -414,23 +414,43 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 _LOCK = threading.Lock()
 
 
+def _inline_rules_sets(schema: dict[str, Any], rules: dict[str, Any]) -> dict[str, Any]:
+    """Replace a mapping schema's top-level rules-set names by their rules.
+
+    Cerberus 1.3 checks top-level rules-set references of a schema against its *global*
+    rules_set_registry instead of the validator's (``DefinitionSchema._validate``), so a
+    schema handed to a Validator must not use them at its top level; nested references
+    (inside ``schema:``) resolve through the validator's own registry and stay as written.
+    """
+    return {
+        field: dict(rules[definition]) if isinstance(definition, str) else definition
+        for field, definition in schema.items()
+    }
+
+
 @lru_cache(maxsize=4)
 def _load(directory: str) -> SchemaSet:
     base = Path(directory)
     fragments = _read_yaml(base / "_fragments.yaml")
+    rules_dict = dict(fragments.get("rules", {}))
     rules_sets = RulesSetRegistry()
-    rules_sets.extend(fragments.get("rules", {}).items())
+    rules_sets.extend(rules_dict.items())
     schemas = SchemaRegistry()
-    schemas.extend(fragments.get("schemas", {}).items())
+    schemas.extend(
+        (name, _inline_rules_sets(schema, rules_dict))
+        for name, schema in fragments.get("schemas", {}).items()
+    )
     specs: dict[str, dict[str, Any]] = {}
     sections: dict[str, Any] = {}
     for kind, file in _KIND_FILES.items():
         data = _read_yaml(base / file)
-        specs[kind] = data["spec"]
+        specs[kind] = _inline_rules_sets(data["spec"], rules_dict)
         if kind == "Transaction":
-            sections = data.get("sections", {})
+            sections = {
+                name: schema if name == "headers" else _inline_rules_sets(schema, rules_dict)
+                for name, schema in data.get("sections", {}).items()
+            }
     schema_dict = _registry_dict(schemas)
-    rules_dict = _registry_dict(rules_sets)
     section_checks: dict[str, Check] = {}
     for name, schema in sections.items():
         if name == "headers":
