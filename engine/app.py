@@ -318,7 +318,7 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
     settings: Settings = app.ctx.settings
 
     @app.main_process_start
-    async def main_start(app: Sanic, _: Any) -> None:
+    async def main_start(app: Sanic) -> None:
         nexus_logging.configure_logging(settings.log_format)
         directory = metrics.prepare_multiprocess_dir(
             os.environ.get(metrics.MULTIPROC_ENV) or settings.multiproc_dir
@@ -330,18 +330,18 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
             signal.signal(signal.SIGHUP, _forward_sighup(app))
 
     @app.main_process_stop
-    async def main_stop(app: Sanic, _: Any) -> None:
+    async def main_stop(app: Sanic) -> None:
         server: MetricsServer | None = app.ctx.metrics_server
         if server is not None:
             server.stop()
             app.ctx.metrics_server = None
 
     @app.before_server_start
-    async def connect(app: Sanic, _: Any) -> None:
+    async def connect(app: Sanic) -> None:
+        nexus_logging.configure_logging(settings.log_format)
         if os.environ.get("SANIC_WORKER_NAME") and hasattr(signal, "SIGHUP"):
             # A reload request that arrives before the handler is installed must not kill us.
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            nexus_logging.configure_logging(settings.log_format)
         if settings.auth == "gws":
             app.ctx.auth = GwsAuthProvider(settings.auth_url)
         model, findings = await load_config(app)
@@ -365,7 +365,8 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
             app.ctx.config = model
 
     @app.after_server_start
-    async def start_background(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
+    async def start_background(app: Sanic) -> None:
+        loop = asyncio.get_running_loop()
         app.ctx.sampler.start()
         app.ctx.sighup_installed = False
         if hasattr(signal, "SIGHUP") and os.environ.get("SANIC_WORKER_NAME"):
@@ -378,13 +379,13 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
                 log.warning("SIGHUP reload is not available in this process")
 
     @app.before_server_stop
-    async def stop_background(app: Sanic, loop: asyncio.AbstractEventLoop) -> None:
+    async def stop_background(app: Sanic) -> None:
         if getattr(app.ctx, "sighup_installed", False):
-            loop.remove_signal_handler(signal.SIGHUP)
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await app.ctx.sampler.stop()
 
     @app.after_server_stop
-    async def disconnect(app: Sanic, _: Any) -> None:
+    async def disconnect(app: Sanic) -> None:
         cache, store = app.ctx.cache, app.ctx.store
         app.ctx.cache = app.ctx.store = None
         if cache is not None:

@@ -192,6 +192,9 @@ def configure_logging(fmt: str = "json", level: int | str = logging.INFO) -> log
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+    # httpx logs every outbound request at INFO (URLs of auth and webhook calls): too chatty.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # Nexus writes its own access lines; Sanic's would duplicate them.
     logging.getLogger("sanic.access").disabled = True
     return handler

@@ -1,0 +1,70 @@
+"""In-memory store and cache for the runtime tests, and a wiring for real `serve` runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from engine.auth.embedded import InMemoryUserDirectory
+from engine.settings import Settings
+
+
+class FakeStore:
+    def __init__(self, settings: Settings | None = None, *, ok: bool = True) -> None:
+        self.ok = ok
+        self.connected = False
+        self.events: list[str] = []
+
+    async def connect(self) -> None:
+        self.connected = True
+        self.events.append("connect")
+
+    async def disconnect(self) -> None:
+        self.connected = False
+        self.events.append("disconnect")
+
+    async def ping(self) -> bool:
+        if not self.ok:
+            raise ConnectionError("database unreachable")
+        return self.connected
+
+
+class FakeCache:
+    def __init__(self, settings: Settings | None = None, *, state: str = "READY") -> None:
+        self._state = "CLOSED"
+        self.target = state
+        self.events: list[str] = []
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    async def connect(self) -> bool:
+        self._state = self.target
+        self.events.append("connect")
+        return self._state == "READY"
+
+    async def close(self) -> None:
+        self._state = "CLOSED"
+        self.events.append("close")
+
+    async def ping(self) -> bool:
+        return self._state == "READY"
+
+
+#: Users of the real-socket runs: an environment admin and a tenant user (passwords from env).
+USERS: dict[str, dict[str, Any]] = {
+    "admin": {"password": "env-admin-password", "roles": ["admin"]},
+    "ccid1\\agent1": {"password": "nexus_password", "roles": ["agent"]},
+}
+
+
+def wiring(settings: Settings) -> Mapping[str, Any]:
+    """Used through ``--wiring tests.integration.runtime.fakes:wiring`` by spawned workers."""
+    state = os.environ.get("NEXUS_TEST_CACHE_STATE", "READY")
+    return {
+        "store_factory": FakeStore,
+        "cache_factory": lambda s: FakeCache(s, state=state),
+        "user_directory": InMemoryUserDirectory.from_mapping(USERS),
+    }
