@@ -42,7 +42,7 @@ from sanic import HTTPResponse, Request, Sanic
 
 import engine
 from engine.api import auth_routes, health, openapi
-from engine.api.errors import EnvelopeErrorHandler
+from engine.api.errors import EnvelopeErrorHandler, PayloadTooLarge
 from engine.auth.embedded import EmbeddedAuthProvider, InMemoryUserDirectory, UserDirectory
 from engine.auth.gws import GwsAuthProvider
 from engine.observability import logging as nexus_logging
@@ -211,12 +211,16 @@ def _route_label(app: Sanic, request: Request) -> str:
 def _add_middleware(app: Sanic) -> None:
     sampler: metrics.RuntimeSampler = app.ctx.sampler
     inflight = sampler.inflight
+    limit = app.ctx.settings.body_limit
 
     @app.on_request(priority=1000)
     async def begin(request: Request) -> None:
         request.ctx.trace_id = nexus_logging.trace_id_from(request.headers.get("x-b3-traceid"))
         request.ctx.started = time.perf_counter()
         inflight.add(request)
+        # Sanic's HTTP/1 server refuses larger bodies before reading them; this covers ASGI.
+        if request.body and len(request.body) > limit:
+            raise PayloadTooLarge()
 
     @app.on_response(priority=1000)
     async def end(request: Request, response: HTTPResponse) -> None:

@@ -138,6 +138,9 @@ class PayloadTooLarge(NexusError):
     code = INVALID_STATE
     message = "request body too large"
 
+    def __init__(self, message: str | None = None, *, field: str | None = "body") -> None:
+        super().__init__(message, field=field)
+
 
 class RateLimited(NexusError):
     status_code = 429
