@@ -27,10 +27,10 @@ from urllib.parse import parse_qsl, urlencode
 
 MASK = "***"
 ACCESS_LOGGER = "nexus.access"
-_TRACE_RE = re.compile(r"^(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{32})$")
+_TRACE_RE = re.compile(r"[0-9a-fA-F]{16}|[0-9a-fA-F]{32}")
 _SENSITIVE = (
-    r"authorization|proxy-authorization|x-api-key|x-nexus-client-key|apikey|api_key|xapikey"
-    r"|password|passwd|pwd|[a-z_-]*secret[a-z_-]*|[a-z_-]*token|cookie|set-cookie"
+    r"(?:proxy[-_])?authorization|(?:x[-_])?api[-_]?key|xapikey|x[-_]nexus[-_]client[-_]key"
+    r"|[a-z_-]*password|passwd|pwd|[a-z_-]*secret[a-z_-]*|[a-z_-]*token|cookie|set-cookie"
 )
 # key, separator (quotes, ':' or '='), optional auth scheme, then the value.
 _KV_RE = re.compile(
@@ -89,7 +89,7 @@ def mask_query(query: str) -> str:
 
 def trace_id_from(header: str | None) -> str:
     """A valid incoming ``X-B3-TraceId`` (lower-cased) or a fresh 32-hex-character one."""
-    if header and _TRACE_RE.match(header):
+    if header and _TRACE_RE.fullmatch(header):
         return header.lower()
     return secrets.token_hex(16)
 

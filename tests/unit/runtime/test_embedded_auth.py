@@ -180,7 +180,8 @@ async def test_guide_password_curl(app) -> None:
 
 async def test_guide_client_credentials_curl_with_query(app) -> None:
     # curl --user nexus_client: --request POST
-    #   '$authURL/auth/v3/oauth/token?grant_type=client_credentials&scope=*&client_id=nexus_client&client_secret='
+    #   '$authURL/auth/v3/oauth/token?grant_type=client_credentials&scope=*
+    #    &client_id=nexus_client&client_secret='
     url = ("/auth/v3/oauth/token?grant_type=client_credentials&scope=*"
            "&client_id=nexus_client&client_secret=")
     _, resp = await app.asgi_client.post(url, headers=_basic("nexus_client", ""))
