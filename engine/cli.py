@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # True when run as the `nexus` process itself (not called from tests or other code).
+    args.standalone = argv is None
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help(sys.stderr)

@@ -130,6 +130,19 @@ _ScalarEvent = yaml.ScalarEvent
 _ENDS = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
 
+_RESOLVED: dict[str, str] = {}
+
+
+def _resolve_plain(value: str) -> str:
+    """The implicit tag of a plain scalar, memoised: configs repeat 'true', 'false', '30'..."""
+    tag = _RESOLVED.get(value)
+    if tag is None:
+        tag = _RESOLVER.resolve(ScalarNode, value, (True, False))
+        if len(_RESOLVED) < 4096:
+            _RESOLVED[value] = tag
+    return tag
+
+
 class _Key:
     """Sentinels for the key slot of an open mapping."""
 
@@ -407,7 +420,7 @@ class _Builder:
             if value and value[0] not in _RESOLVABLE_FIRST:
                 tag = _STR
             else:
-                tag = _RESOLVER.resolve(ScalarNode, value, (True, False))
+                tag = _resolve_plain(value)
         elif tag is None or tag == "!":
             tag = _STR
         if tag == _STR:

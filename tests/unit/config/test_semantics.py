@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -104,7 +103,8 @@ def test_no_environment_is_reported(tmp_path: Path) -> None:
     assert {f.code for f in findings.errors} == {"NX301", "NX602"}
 
 
-def test_ten_thousand_sections_validate_quickly(tmp_path: Path) -> None:
+def test_ten_thousand_sections_validate(tmp_path: Path) -> None:
+    # Correctness at scale only: speed is measured by bench/lint_bench.py, never asserted here.
     shutil.copytree(CONFIG, tmp_path / "config")
     lines = ["apiVersion: nexus/v1", "kind: Transaction", "name: NexusServices",
              "tenant: t1001", "spec:", "  type: List", "  sections:"]
@@ -120,9 +120,6 @@ def test_ten_thousand_sections_validate_quickly(tmp_path: Path) -> None:
             "      provider: Portico",
         ]
     (tmp_path / "config" / "bulk.yaml").write_text("\n".join(lines) + "\n")
-    started = time.perf_counter()
     result = validate_paths([tmp_path / "config"], env={})
-    elapsed = time.perf_counter() - started
     assert result.errors == []
     assert result.model is not None and len(result.model.channels) == 10_006
-    assert elapsed < 6  # ~0.8 s on the 2-core dev machine; generous for slow CI runners
