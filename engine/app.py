@@ -342,31 +342,7 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
 
     @app.before_server_start
     async def connect(app: Sanic) -> None:
-        nexus_logging.configure_logging(settings.log_format)
-        if os.environ.get("SANIC_WORKER_NAME") and hasattr(signal, "SIGHUP"):
-            # A reload request that arrives before the handler is installed must not kill us.
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        if settings.auth == "gws":
-            app.ctx.auth = GwsAuthProvider(settings.auth_url)
-        model, findings = await load_config(app)
-        app.ctx.config_findings = list(findings)
-        if app.ctx.config_loader is not None and model is None:
-            for finding in findings:
-                log.error("config: %s", finding)
-            raise ConfigRejected(
-                f"the config at {settings.config_path} is invalid ({len(findings)} finding(s))"
-            )
-        if app.ctx.store_factory is not None:
-            app.ctx.store = app.ctx.store_factory(settings)
-            await app.ctx.store.connect()
-        if app.ctx.cache_factory is not None:
-            app.ctx.cache = app.ctx.cache_factory(settings)
-            await app.ctx.cache.connect()
-        if not app.ctx.fixed_probes:
-            app.ctx.probes = health.StoreCacheProbes(app.ctx.store, app.ctx.cache)
-        if model is not None:
-            await apply_config(app, model)
-            app.ctx.config = model
+        await start_worker(app)
 
     @app.after_server_start
     async def start_background(app: Sanic) -> None:
@@ -390,17 +366,52 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
 
     @app.after_server_stop
     async def disconnect(app: Sanic) -> None:
-        cache, store = app.ctx.cache, app.ctx.store
-        app.ctx.cache = app.ctx.store = None
-        if cache is not None:
-            await _quietly(cache.close(), "cache close")
-        if store is not None:
-            await _quietly(store.disconnect(), "store disconnect")
-        auth = app.ctx.auth
-        if isinstance(auth, GwsAuthProvider):
-            await _quietly(auth.aclose(), "auth client close")
-        if os.environ.get("SANIC_WORKER_NAME"):
-            metrics.mark_worker_dead()
+        await stop_worker(app)
+
+
+async def start_worker(app: Sanic) -> None:
+    """Per worker, before it serves: logging, auth, config, store, cache, config applied."""
+    settings: Settings = app.ctx.settings
+    nexus_logging.configure_logging(settings.log_format)
+    if os.environ.get("SANIC_WORKER_NAME") and hasattr(signal, "SIGHUP"):
+        # A reload request that arrives before the handler is installed must not kill us.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    if settings.auth == "gws":
+        app.ctx.auth = GwsAuthProvider(settings.auth_url)
+    model, findings = await load_config(app)
+    app.ctx.config_findings = list(findings)
+    if app.ctx.config_loader is not None and model is None:
+        for finding in findings:
+            log.error("config: %s", finding)
+        raise ConfigRejected(
+            f"the config at {settings.config_path} is invalid ({len(findings)} finding(s))"
+        )
+    if app.ctx.store_factory is not None:
+        app.ctx.store = app.ctx.store_factory(settings)
+        await app.ctx.store.connect()
+    if app.ctx.cache_factory is not None:
+        app.ctx.cache = app.ctx.cache_factory(settings)
+        await app.ctx.cache.connect()
+    if not app.ctx.fixed_probes:
+        app.ctx.probes = health.StoreCacheProbes(app.ctx.store, app.ctx.cache)
+    if model is not None:
+        await apply_config(app, model)
+        app.ctx.config = model
+
+
+async def stop_worker(app: Sanic) -> None:
+    """Per worker, after it stopped serving: close cache, store, auth client; drop live metrics."""
+    cache, store = app.ctx.cache, app.ctx.store
+    app.ctx.cache = app.ctx.store = None
+    if cache is not None:
+        await _quietly(cache.close(), "cache close")
+    if store is not None:
+        await _quietly(store.disconnect(), "store disconnect")
+    auth = app.ctx.auth
+    if isinstance(auth, GwsAuthProvider):
+        await _quietly(auth.aclose(), "auth client close")
+    if os.environ.get("SANIC_WORKER_NAME"):
+        metrics.mark_worker_dead()
 
 
 async def _quietly(awaitable: Awaitable[Any], what: str) -> None:
