@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.auth.embedded import InMemoryUserDirectory
@@ -60,6 +61,14 @@ USERS: dict[str, dict[str, Any]] = {
 }
 
 
+def load_config(path: str) -> tuple[Any | None, Sequence[str]]:
+    """A stand-in for the config validator: a file named ``broken`` makes the tree invalid."""
+    root = Path(path)
+    if (root / "broken").exists():
+        return None, [f"{root / 'broken'}:1:1: error: X001 broken on purpose"]
+    return {"path": str(root)}, []
+
+
 def wiring(settings: Settings) -> Mapping[str, Any]:
     """Used through ``--wiring tests.integration.runtime.fakes:wiring`` by spawned workers."""
     state = os.environ.get("NEXUS_TEST_CACHE_STATE", "READY")
@@ -67,4 +76,5 @@ def wiring(settings: Settings) -> Mapping[str, Any]:
         "store_factory": FakeStore,
         "cache_factory": lambda s: FakeCache(s, state=state),
         "user_directory": InMemoryUserDirectory.from_mapping(USERS),
+        "config_loader": load_config,
     }

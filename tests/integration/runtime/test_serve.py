@@ -1,0 +1,214 @@
+"""A real `nexus serve` (2 workers, real sockets) in a subprocess, driven with httpx.
+
+The fake store/cache/users come in through ``--wiring``; the workers are spawned by Sanic's
+worker manager, so this covers the factory loader, the main-process metrics server, metrics
+aggregation across workers, SIGHUP reloads and a graceful stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from engine.observability.metrics import GUIDE_METRICS
+
+ROOT = Path(__file__).resolve().parents[3]
+RUN = (
+    "import argparse, sys\n"
+    "from engine import serve_command\n"
+    "p = argparse.ArgumentParser(prog='nexus')\n"
+    "serve_command.register(p.add_subparsers(dest='command'))\n"
+    "a = p.parse_args(sys.argv[1:])\n"
+    "sys.exit(a.func(a))\n"
+)
+DEADLINE = 60.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Engine:
+    proc: subprocess.Popen[bytes]
+    api: str
+    metrics: str
+    config: Path
+    stdout: Path
+    stderr: Path
+    requests: int = 0
+
+    def call(self, method: str, path: str, **kw) -> httpx.Response:
+        resp = httpx.request(method, self.api + path, timeout=10, **kw)
+        self.requests += 1  # answered, so counted by the engine
+        return resp
+
+    def scrape(self) -> str:
+        resp = httpx.get(self.metrics, timeout=10)
+        assert resp.status_code == 200
+        return resp.text
+
+    def logs(self) -> str:
+        return self.stdout.read_text() + self.stderr.read_text()
+
+
+def _sample(text: str, name: str, labels: dict[str, str] | None = None) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and (labels is None or s.labels == labels):
+                return s.value
+    return None
+
+
+def _wait(predicate, engine: Engine, what: str) -> None:
+    end = time.monotonic() + DEADLINE
+    while time.monotonic() < end:
+        if engine.proc.poll() is not None:
+            pytest.fail(f"the engine exited ({engine.proc.returncode}):\n{engine.logs()[-4000:]}")
+        try:
+            if predicate():
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what}:\n{engine.logs()[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory) -> Iterator[Engine]:
+    tmp = tmp_path_factory.mktemp("serve")
+    config = tmp / "config"
+    config.mkdir()
+    port, metrics_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NEXUS_", "PROMETHEUS_", "SANIC_"))}
+    env.update({
+        "NEXUS_VAR_DIR": str(tmp / "var"),
+        "NEXUS_REDIS_URL": "redis://127.0.0.1:6390",  # the fake cache never dials it
+        "NEXUS_BODY_LIMIT": "4096",
+        "NEXUS_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+    })
+    stdout, stderr = tmp / "stdout.log", tmp / "stderr.log"
+    with stdout.open("wb") as out, stderr.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", RUN, "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--metrics-port", str(metrics_port), "--workers", "2", "--config", str(config),
+             "--wiring", "tests.integration.runtime.fakes:wiring"],
+            cwd=ROOT, env=env, stdout=out, stderr=err,
+        )
+    eng = Engine(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics",
+                 config, stdout, stderr)
+    try:
+        _wait(lambda: eng.call("GET", "/health").status_code == 200, eng, "the API")
+        _wait(lambda: httpx.get(eng.metrics, timeout=5).status_code == 200, eng, "metrics")
+        yield eng
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_banner_and_generated_secret(engine: Engine) -> None:
+    err = engine.stderr.read_text()
+    assert "/health/detail" in err and "/metrics" in err and "curl --user nexus_client:" in err
+    secret = (Path(engine.config.parent) / "var" / "secret").read_text().strip()
+    assert len(secret) >= 64 and secret not in engine.logs()
+
+
+def test_guide_token_flow_and_health(engine: Engine) -> None:
+    body = urlencode({"username": "ccid1\\\\agent1", "client_id": "nexus_client",
+                      "grant_type": "password", "password": "nexus_password"})
+    resp = engine.call("POST", "/auth/v3/oauth/token", content=body, auth=("nexus_client", ""),
+                       headers={"Content-Type": "application/x-www-form-urlencoded",
+                                "X-B3-TraceId": "0af7651916cd43dd8448eb211c80319c"})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-b3-traceid"] == "0af7651916cd43dd8448eb211c80319c"
+    token = resp.json()["access_token"]
+    assert resp.json()["expires_in"] == 43199
+    cc = engine.call("POST", "/auth/v3/oauth/token?grant_type=client_credentials&scope=*"
+                     "&client_id=nexus_client&client_secret=", auth=("nexus_client", ""))
+    assert cc.status_code == 200 and cc.json()["token_type"] == "bearer"
+    info = engine.call("GET", "/auth/v3/userinfo", headers={"Authorization": f"Bearer {token}"})
+    assert info.status_code == 200 and info.json()["contactCenterId"] == "ccid1"
+    detail = engine.call("GET", "/health/detail")
+    assert detail.status_code == 200
+    assert detail.json()["state"] == "green"
+    assert detail.json()["db"] == {"ready": True}
+    assert detail.json()["cache"] == {"ready": True, "state": "READY"}
+    # Secrets never reach the logs.
+    logs = engine.logs()
+    assert "nexus_password" not in logs and token not in logs
+
+
+def test_error_envelopes_over_sockets(engine: Engine) -> None:
+    resp = engine.call("GET", "/nexus/v3/nothing")
+    assert resp.status_code == 404 and resp.json()["status"]["code"] == 6
+    resp = engine.call("POST", "/health")
+    assert resp.status_code == 405 and resp.json()["status"]["code"] == 2
+    resp = engine.call("POST", "/auth/v3/oauth/token", content=b"x=" + b"a" * 10000,
+                       headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 413 and resp.json()["status"]["code"] == 2
+    spec = engine.call("GET", "/nexus/v3/openapi.json").json()
+    assert {"/health", "/health/detail", "/auth/v3/oauth/token"} <= set(spec["paths"])
+
+
+def test_metrics_aggregate_both_workers(engine: Engine) -> None:
+    for _ in range(20):
+        engine.call("GET", "/health")
+    text = engine.scrape()
+    types = {}
+    for family in text_string_to_metric_families(text):
+        types[family.name] = family.type
+    for name, kind in GUIDE_METRICS.items():
+        base = name[: -len("_total")] if kind == "counter" else name
+        assert types.get(base) == kind, name
+    # Every request this test module made, whichever worker served it, is counted once.
+    assert _sample(text, "nexus_request_total") == engine.requests
+    assert _sample(text, "nexus_errors_total") == 0
+    assert _sample(text, "nexus_process_open_fds") > 0
+    assert _sample(text, "nexus_process_resident_memory_bytes") > 0
+    access = [json.loads(line) for line in engine.stdout.read_text().splitlines()
+              if line.startswith("{") and '"nexus.access"' in line]
+    assert len({line["worker"] for line in access}) >= 1
+    assert all(line["trace_id"] and line["duration_ms"] >= 0 for line in access)
+
+
+def test_sighup_reload(engine: Engine) -> None:
+    broken = engine.config / "broken"
+    broken.write_text("x")
+    engine.proc.send_signal(signal.SIGHUP)
+    _wait(lambda: _sample(engine.scrape(), "nexus_config_reload_total",
+                          {"result": "rejected"}) == 2, engine, "two rejected reloads")
+    assert "X001 broken on purpose" in engine.stdout.read_text()
+    assert engine.call("GET", "/health").status_code == 200  # still serving the old config
+    broken.unlink()
+    engine.proc.send_signal(signal.SIGHUP)
+    _wait(lambda: _sample(engine.scrape(), "nexus_config_reload_total",
+                          {"result": "applied"}) == 2, engine, "two applied reloads")
+
+
+def test_graceful_stop(engine: Engine) -> None:
+    engine.proc.send_signal(signal.SIGTERM)
+    assert engine.proc.wait(timeout=30) == 0
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(engine.metrics, timeout=2)
