@@ -21,6 +21,7 @@ from engine.api.errors import NotFound, Unauthorized, Unavailable
 from engine.api.openapi import describe
 from engine.auth import AuthError, AuthUnavailable, Principal
 from engine.auth.embedded import EmbeddedAuthProvider, OAuthError, userinfo
+from engine.auth.gws import GwsAuthProvider
 from engine.auth.headers import MalformedCredentials, basic_credentials, bearer_token
 
 bp = Blueprint("auth")
@@ -91,8 +92,11 @@ async def authenticate_bearer(request: Request) -> Principal:
     token = bearer_token(request.headers.get("authorization"))
     if not token:
         raise Unauthorized("a Bearer token is required", field="Authorization")
+    provider = request.app.ctx.auth
     try:
-        return await request.app.ctx.auth.authenticate(token)
+        if isinstance(provider, GwsAuthProvider):  # the trace id travels to the auth service
+            return await provider.authenticate(token, trace_id=request.ctx.trace_id)
+        return await provider.authenticate(token)
     except AuthError as exc:
         raise Unauthorized(str(exc), field="Authorization") from None
     except AuthUnavailable as exc:
