@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "engine.config.commands",
     "engine.routing.statechart.cli",
     "engine.store.commands",
+    "engine.serve_command",
 )
 
 
