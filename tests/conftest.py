@@ -60,3 +60,18 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """Tests that configure Nexus logging (JSON lines on stdout) must not leak it into
+    later tests that read stdout: restore the root and nexus loggers after each test."""
+    import logging
+
+    loggers = [logging.getLogger(), logging.getLogger("nexus")]
+    saved = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
