@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
+import engine.store.conversation_tables  # noqa: F401 - registers them on tables.metadata
 from engine.store.errors import MigrationError
 from engine.store.tables import schema_migrations
 
