@@ -16,17 +16,20 @@ and every Genesys action it requests becomes an :data:`Action` handed to the
 ``error.<action>``), which may request more actions, until the session ends, waits for an
 event nobody will send, or an action is *deferred*.
 
-Time (the design choice): with ``clock=None`` (the default, production) the runner never makes
-its caller wait. Strategy timers (``<send delay>``) run on a virtual clock that the runner
+Time (the design choice): by default (``clock=None``, production) the runner never makes its
+caller wait. Strategy timers (``<send delay>``) run on virtual time that the runner
 fast-forwards, so the undelivered strategy's "wait 30 s, then retry" immediately yields
 ``Retry(at=<epoch seconds>, attempt=N)``; the default executor *defers* retries, which ends the
 run there: the caller (messaging) schedules the resend at ``at`` and, when it fails again,
 stores ``udata.undeliveredAttempts = N`` and runs the strategy again (durable, pod-safe, no
 session held in memory for minutes). An executor that performs the retry at once (answering
 done or error) lets the same run go on to the next attempt or the give-up action, still in
-virtual time. With ``clock=SimulatedClock(...)`` the runner uses and fast-forwards that clock
-(``at`` is on its time line: tests). With any other clock (``RealTimeClock()``) the runner
-really waits for timers (``await asyncio.sleep``), for callers that want that.
+virtual time. Each concurrent run gets its own virtual clock (a pooled "lane": a Runtime and a
+SimulatedClock; QuickJS contexts are pooled across lanes), so one run's waits never leak into
+another's. With ``clock=SimulatedClock(...)`` times are the same virtual ones, with ``at`` on
+that clock's time line (``clock.now()`` at the start of the run + the waits): tests. With any
+other clock (``RealTimeClock()``) the runner really waits for timers (``await
+asyncio.sleep``) in one shared runtime, for callers that want that.
 
 Single-threaded: call it from one event loop. Concurrent ``run`` calls interleave only while
 an executor awaits.
@@ -53,6 +56,7 @@ from engine.routing.statechart import (
     SimulatedClock,
     parse_document,
 )
+from engine.routing.statechart.ecmascript import ContextPool
 from engine.routing.strategies import DEFAULT_ENDPOINT_KEY, StrategyCatalog
 
 log = logging.getLogger(__name__)
@@ -60,6 +64,7 @@ log = logging.getLogger(__name__)
 INTERACTION_EVENTS = ("interaction.added", "interaction.present")
 DOCUMENT_CACHE_SIZE = 64
 MAX_ACTIONS = 1000
+MAX_IDLE_LANES = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +237,8 @@ class StrategyOutcome:
 @dataclass(slots=True)
 class _Run:
     interaction: InteractionInfo
-    clock_start: float
-    wall_start: float
+    clock_start: float  # on the runtime's clock
+    base: float  # the time line of Retry.at at the start of the run
     queue: deque[tuple[ActionRequest, float]] = field(default_factory=deque)
 
 
@@ -249,7 +254,7 @@ class _RunnerHost:
         run = self.runner._runs.get(request.sessionid)
         if run is None:
             raise RuntimeError("the session's run has ended")
-        run.queue.append((request, self.runner.clock.now()))
+        run.queue.append((request, session.runtime.clock.now()))
 
 
 class StrategyRunner:
@@ -266,13 +271,44 @@ class StrategyRunner:
         self.model = model
         self.executor: ActionExecutor = executor if executor is not None else AcceptAll()
         self.max_actions = max_actions
+        self.clock = clock
         self._virtual = clock is None or isinstance(clock, SimulatedClock)
-        self._epoch = clock is None or not isinstance(clock, SimulatedClock)
-        self.clock: Clock = clock if clock is not None else SimulatedClock()
-        self.runtime = Runtime(self.clock, host=_RunnerHost(self), on_log=self._log)
+        self._host = _RunnerHost(self)
+        self._pool = ContextPool(per_document=32)
+        self._lanes: list[Runtime] = []  # idle virtual-time runtimes
+        self._shared: Runtime | None = None
+        if not self._virtual:
+            self._shared = Runtime(clock, host=self._host, on_log=self._log)
+        self._active: set[Runtime] = set()
         self._runs: dict[str, _Run] = {}
         self._ids = itertools.count(1)
         self._documents: OrderedDict[str, Document] = OrderedDict()
+
+    @property
+    def sessions_running(self) -> int:
+        """Sessions alive in the runner (0 between runs: every run drops its session)."""
+        runtimes = self._active | set(self._lanes)
+        if self._shared is not None:
+            runtimes.add(self._shared)
+        return sum(len(rt.sessions) for rt in runtimes)
+
+    def _acquire(self) -> Runtime:
+        if self._shared is not None:
+            return self._shared
+        runtime = self._lanes.pop() if self._lanes else None
+        if runtime is None:
+            runtime = Runtime(SimulatedClock(), host=self._host, on_log=self._log,
+                              reuse_contexts=False)
+            runtime.context_pool = self._pool
+        self._active.add(runtime)
+        return runtime
+
+    def _release(self, runtime: Runtime) -> None:
+        if runtime is self._shared:
+            return
+        self._active.discard(runtime)
+        if len(self._lanes) < MAX_IDLE_LANES and not runtime.sessions:
+            self._lanes.append(runtime)
 
     def set_model(self, model: Model) -> None:
         """Use a new config (after a reload); runs in progress keep their document."""
@@ -297,9 +333,11 @@ class StrategyRunner:
         if event not in INTERACTION_EVENTS:
             raise ValueError(f"event must be one of {', '.join(INTERACTION_EVENTS)}")
         doc = self.document(name, params)
-        runtime = self.runtime
+        runtime = self._acquire()
+        clock = runtime.clock
         sid = f"nx{next(self._ids)}"
-        run = _Run(interaction, self.clock.now(), time.time())
+        base = self.clock.now() if isinstance(self.clock, SimulatedClock) else time.time()
+        run = _Run(interaction, clock.now(), base)
         self._runs[sid] = run
         actions: list[Action] = []
         results: list[ActionResult] = []
@@ -334,7 +372,7 @@ class StrategyRunner:
                 due = _next_due(session)
                 if due is None:
                     break  # waits for an event this run will not send
-                wait = max(0.0, due - self.clock.now())
+                wait = max(0.0, due - clock.now())
                 if self._virtual:
                     runtime.advance(wait)
                 else:
@@ -344,6 +382,7 @@ class StrategyRunner:
             self._runs.pop(sid, None)
             if session is not None and session.running:
                 runtime.cancel(session)
+            self._release(runtime)
         final_node = session.final_state if session is not None else None
         final = final_node.id if final_node is not None else None
         if session is not None and session.abort_reason is not None:
@@ -376,7 +415,7 @@ class StrategyRunner:
         params = dict(request.params)
         if params.get("action") == "retry":
             delay = requested_at - run.clock_start
-            at = run.wall_start + delay if self._epoch else requested_at
+            at = run.base + delay
             maximum = params.get("maxAttempts")
             return Retry(at, _int(params.get("attempt")), delay,
                          None if params.get("interactionid") is None
