@@ -18,6 +18,7 @@ from engine import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "engine.config.commands",
     "engine.routing.statechart.cli",
+    "engine.routing.commands",
     "engine.store.commands",
     "engine.serve_command",
 )

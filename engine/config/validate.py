@@ -66,6 +66,17 @@ def validate_documents(
         ordered = findings.sorted()
         has_errors = unusable or any(f.severity is Severity.ERROR for f in ordered)
         model = None if has_errors else build_model(documents)
+        if model is not None:
+            # The SCXML strategies are rendered with the config and checked too (NX8xx):
+            # a config whose strategies would be invalid is not applied.
+            from engine.routing.strategy_lint import check_strategies
+
+            rendered = Findings()
+            check_strategies(model, documents, rendered)
+            if rendered.items:
+                ordered = sorted([*ordered, *rendered.items], key=lambda f: f.sort_key)
+                if any(f.severity is Severity.ERROR for f in rendered.items):
+                    model = None
     return ValidationResult(model, ordered, unusable, tuple(files))
 
 
