@@ -9,6 +9,8 @@ same call builds the app in the main process, in every spawned worker and in tes
   (``engine.store``'s ``Store`` and ``Cache`` satisfy the Protocols below).
 * ``config_appliers``: callables ``(app, model)`` (sync or async) that apply a validated model
   (to the store, to ``app.ctx.users``, ...); run at start and on every accepted reload.
+* ``setup``: callables ``(app)`` run last, to add blueprints, middleware and listeners
+  (the default wiring's provisioning API and security layer).
 * ``user_directory``: where the embedded OAuth provider finds users (default: an empty
   :class:`~engine.auth.embedded.InMemoryUserDirectory` on ``app.ctx.users`` that an applier
   may fill with :meth:`replace`).
@@ -143,6 +145,7 @@ def create_app(
     name: str | None = None,
     serve_metrics: bool = True,
     sample_interval: float = 5.0,
+    setup: Iterable[Callable[[Sanic], None]] = (),
 ) -> Sanic:
     app = Sanic(_app_name(name), configure_logging=False)
     app.config.REQUEST_MAX_SIZE = settings.body_limit
@@ -193,6 +196,8 @@ def create_app(
     app.blueprint(openapi.bp)
     _add_middleware(app)
     _add_listeners(app, serve_metrics)
+    for extra in setup:  # the wiring's own blueprints, middleware and listeners
+        extra(app)
     return app
 
 
@@ -424,7 +429,7 @@ async def _quietly(awaitable: Awaitable[Any], what: str) -> None:
 def wiring_kwargs(wiring: Mapping[str, Any] | None) -> dict[str, Any]:
     allowed = {
         "config_loader", "store_factory", "cache_factory", "config_appliers", "user_directory",
-        "probes",
+        "probes", "setup",
     }
     kwargs = dict(wiring or {})
     unknown = sorted(set(kwargs) - allowed)

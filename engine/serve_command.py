@@ -7,6 +7,9 @@ import sys
 
 from engine.settings import Settings, SettingsError
 
+#: engine.wiring.DEFAULT_WIRING (not imported: `nexus --help` stays light).
+DEFAULT_WIRING = "engine.wiring:default_wiring"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
@@ -22,7 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     parser.add_argument("--db-url", help="database URL (NEXUS_DB_URL)")
     parser.add_argument("--redis-url", help="Redis URL(s) or memory:// (NEXUS_REDIS_URL)")
     parser.add_argument("--log-format", help="json or text (NEXUS_LOG_FORMAT)")
-    parser.add_argument("--wiring", help=argparse.SUPPRESS)
+    # The default wiring is the real engine; tests may pass another "module:function".
+    parser.add_argument("--wiring", default=DEFAULT_WIRING, help=argparse.SUPPRESS)
     parser.set_defaults(func=run_serve)
 
 

@@ -82,7 +82,9 @@ def check_config(settings: Settings, wiring: str | None, err: TextIO) -> bool:
     if model is None:
         for finding in findings:
             print(finding, file=err)
-        print(f"nexus serve: the config at {settings.config_path} is invalid", file=err)
+        errors = sum(1 for f in findings if str(getattr(f, "severity", "error")) == "error")
+        print(f"nexus serve: the config at {settings.config_path} is invalid "
+              f"({errors} error(s)); not starting", file=err)
         return False
     return True
 
@@ -95,7 +97,7 @@ def serve(
 ) -> int:
     out = out or sys.stderr
     if not check_config(settings, wiring, out):
-        return 1
+        return 2
     loader = AppLoader(factory=partial(build_app, settings, wiring))
     app = loader.load()
     app.prepare(
