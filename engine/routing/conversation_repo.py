@@ -1,0 +1,471 @@
+"""Durable conversation state: the SQL of the conversation engine (SQLAlchemy Core).
+
+Used by :class:`engine.routing.conversations.ConversationService` and
+:class:`engine.routing.router.Router`; nothing else writes these tables.
+
+Lock order (PostgreSQL row locks): a transaction that touches a conversation and its segments
+locks the conversation row first (:meth:`ConversationRepo.lock_conversation`), then segments.
+Single-statement segment claims lock only the segment row, so no cycle can form.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from engine.routing.conversation_models import (
+    Conversation,
+    FileInfo,
+    InteractionEvent,
+    InteractionEventType,
+    Media,
+    Message,
+    MessageStatus,
+    MessageType,
+    ParticipantType,
+    Segment,
+    SegmentState,
+    from_epoch,
+    utc,
+)
+from engine.store.conversation_tables import (
+    OPEN_SEGMENT_STATES,
+    conversations,
+    files,
+    interaction_events,
+    messages,
+    segments,
+)
+from engine.store.db import Store
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A message to store: the index, id and timestamp are given when it is appended."""
+
+    type: MessageType
+    from_participant_id: str
+    from_type: ParticipantType
+    from_nickname: str | None = None
+    text: str | None = None
+    segment_id: str | None = None
+    file_id: str | None = None
+    provider_message_id: str | None = None
+    status: MessageStatus | None = None
+
+
+class ConversationRepo:
+    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
+        self.store = store
+        self.clock = clock
+
+    def now(self) -> datetime:
+        return from_epoch(self.clock())
+
+    # ---- conversations ------------------------------------------------------------------
+
+    async def insert_conversation(self, values: Mapping[str, Any]) -> Conversation:
+        now = self.now()
+        row = {
+            "state": "open",
+            "last_index": 0,
+            "created": now,
+            "updated": now,
+            "customer": "{}",
+            "user_data": "{}",
+            **values,
+        }
+        await self.store.execute(sa.insert(conversations).values(**row))
+        found = await self.get_conversation(row["tenant"], row["id"])
+        assert found is not None
+        return found
+
+    async def get_conversation(self, tenant: str, conversation_id: str) -> Conversation | None:
+        row = await self.store.fetch_one(
+            sa.select(conversations).where(
+                conversations.c.id == conversation_id, conversations.c.tenant == tenant
+            )
+        )
+        return None if row is None else Conversation.from_row(row)
+
+    async def open_conversation_by_address(
+        self, tenant: str, channel_id: str, address: str
+    ) -> Conversation | None:
+        row = await self.store.fetch_one(
+            sa.select(conversations).where(
+                conversations.c.tenant == tenant,
+                conversations.c.channel_id == channel_id,
+                conversations.c.customer_address == address,
+                conversations.c.state == "open",
+            )
+        )
+        return None if row is None else Conversation.from_row(row)
+
+    async def lock_conversation(
+        self, tenant: str, conversation_id: str, reserve: int = 0
+    ) -> Conversation | None:
+        """Lock the conversation row for the rest of the transaction and reserve ``reserve``
+        message indexes: returns the conversation as updated (its ``last_index`` is the last
+        reserved index; the first is ``last_index - reserve + 1``)."""
+        row = await self.store.fetch_one(
+            sa.update(conversations)
+            .where(conversations.c.id == conversation_id, conversations.c.tenant == tenant)
+            .values(last_index=conversations.c.last_index + reserve, updated=self.now())
+            .returning(*conversations.c)
+        )
+        return None if row is None else Conversation.from_row(row)
+
+    async def update_conversation(self, tenant: str, conversation_id: str, **values: Any) -> None:
+        await self.store.execute(
+            sa.update(conversations)
+            .where(conversations.c.id == conversation_id, conversations.c.tenant == tenant)
+            .values(updated=self.now(), **values)
+        )
+
+    async def close_conversation(self, tenant: str, conversation_id: str) -> bool:
+        row = await self.store.fetch_one(
+            sa.update(conversations)
+            .where(
+                conversations.c.id == conversation_id,
+                conversations.c.tenant == tenant,
+                conversations.c.state == "open",
+            )
+            .values(state="closed", closed_at=self.now(), updated=self.now())
+            .returning(conversations.c.id)
+        )
+        return row is not None
+
+    async def conversations_of_contact(
+        self, tenant: str, contact_ids: Sequence[str]
+    ) -> list[Conversation]:
+        rows = await self.store.fetch_all(
+            sa.select(conversations)
+            .where(conversations.c.tenant == tenant, conversations.c.contact_id.in_(contact_ids))
+            .order_by(conversations.c.created, conversations.c.id)
+        )
+        return [Conversation.from_row(r) for r in rows]
+
+    async def conversations_by_ids(
+        self, tenant: str, ids: Sequence[str]
+    ) -> dict[str, Conversation]:
+        if not ids:
+            return {}
+        rows = await self.store.fetch_all(
+            sa.select(conversations).where(
+                conversations.c.tenant == tenant, conversations.c.id.in_(list(ids))
+            )
+        )
+        return {r["id"]: Conversation.from_row(r) for r in rows}
+
+    # ---- messages -----------------------------------------------------------------------
+
+    async def append(self, conversation: Conversation, drafts: Sequence[Draft]) -> list[Message]:
+        """Insert ``drafts`` with the indexes reserved by :meth:`lock_conversation` (call it
+        first, in the same transaction, with ``reserve=len(drafts)``)."""
+        first = conversation.last_index - len(drafts) + 1
+        now = self.now()
+        out: list[Message] = []
+        rows: list[dict[str, Any]] = []
+        for offset, draft in enumerate(drafts):
+            message = Message(
+                conversation_id=conversation.id,
+                index=first + offset,
+                id=str(uuid.uuid4()),
+                type=draft.type,
+                text=draft.text,
+                from_participant_id=draft.from_participant_id,
+                from_nickname=draft.from_nickname,
+                from_type=draft.from_type,
+                timestamp=now,
+                segment_id=draft.segment_id,
+                file_id=draft.file_id,
+                provider_message_id=draft.provider_message_id,
+                status=draft.status,
+            )
+            out.append(message)
+            rows.append(
+                {
+                    "conversation_id": conversation.id,
+                    "idx": message.index,
+                    "id": message.id,
+                    "tenant": conversation.tenant,
+                    "type": str(message.type),
+                    "text": message.text,
+                    "from_participant_id": message.from_participant_id,
+                    "from_nickname": message.from_nickname,
+                    "from_type": str(message.from_type),
+                    "segment_id": message.segment_id,
+                    "file_id": message.file_id,
+                    "provider_message_id": message.provider_message_id,
+                    "status": None if message.status is None else str(message.status),
+                    "timestamp": now,
+                }
+            )
+        if rows:
+            await self.store.execute(sa.insert(messages).values(rows))
+        return out
+
+    async def messages_by_provider_ids(
+        self, tenant: str, provider_ids: Sequence[str]
+    ) -> dict[str, Message]:
+        if not provider_ids:
+            return {}
+        rows = await self.store.fetch_all(
+            sa.select(messages).where(
+                messages.c.tenant == tenant,
+                messages.c.provider_message_id.in_(list(provider_ids)),
+            )
+        )
+        return {r["provider_message_id"]: Message.from_row(r) for r in rows}
+
+    async def read_messages(
+        self,
+        conversation_id: str,
+        from_index: int = 1,
+        *,
+        to_index: int | None = None,
+        limit: int | None = None,
+    ) -> list[Message]:
+        query = (
+            sa.select(messages)
+            .where(messages.c.conversation_id == conversation_id, messages.c.idx >= from_index)
+            .order_by(messages.c.idx)
+        )
+        if to_index is not None:
+            query = query.where(messages.c.idx <= to_index)
+        if limit is not None:
+            query = query.limit(limit)
+        return [Message.from_row(r) for r in await self.store.fetch_all(query)]
+
+    async def messages_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Message]]:
+        out: dict[str, list[Message]] = {cid: [] for cid in conversation_ids}
+        if not conversation_ids:
+            return out
+        rows = await self.store.fetch_all(
+            sa.select(messages)
+            .where(messages.c.conversation_id.in_(list(conversation_ids)))
+            .order_by(messages.c.conversation_id, messages.c.idx)
+        )
+        for row in rows:
+            out[row["conversation_id"]].append(Message.from_row(row))
+        return out
+
+    async def set_message_status(
+        self, tenant: str, message_id: str, status: MessageStatus
+    ) -> Message | None:
+        row = await self.store.fetch_one(
+            sa.update(messages)
+            .where(messages.c.tenant == tenant, messages.c.id == message_id)
+            .values(status=str(status))
+            .returning(*messages.c)
+        )
+        return None if row is None else Message.from_row(row)
+
+    # ---- files --------------------------------------------------------------------------
+
+    async def count_files(self, conversation_id: str) -> int:
+        return int(
+            await self.store.fetch_val(
+                sa.select(sa.func.count())
+                .select_from(files)
+                .where(files.c.conversation_id == conversation_id)
+            )
+        )
+
+    async def insert_file(self, info: FileInfo, tenant: str, data: bytes) -> None:
+        await self.store.execute(
+            sa.insert(files).values(
+                id=info.id,
+                conversation_id=info.conversation_id,
+                tenant=tenant,
+                name=info.name,
+                mime=info.mime,
+                size=info.size,
+                sha256=info.sha256,
+                bytes=data,
+                uploaded_by=info.uploaded_by,
+                created=info.created,
+            )
+        )
+
+    async def get_file(
+        self, tenant: str, conversation_id: str, file_id: str
+    ) -> tuple[FileInfo, bytes] | None:
+        row = await self.store.fetch_one(
+            sa.select(files).where(
+                files.c.id == file_id,
+                files.c.tenant == tenant,
+                files.c.conversation_id == conversation_id,
+            )
+        )
+        if row is None:
+            return None
+        info = FileInfo(
+            id=row["id"],
+            conversation_id=row["conversation_id"],
+            name=row["name"],
+            mime=row["mime"],
+            size=int(row["size"]),
+            sha256=row["sha256"],
+            uploaded_by=row["uploaded_by"],
+            created=utc(row["created"]),  # type: ignore[arg-type]
+        )
+        return info, bytes(row["bytes"])
+
+    # ---- segments -----------------------------------------------------------------------
+
+    async def open_segment(self, conversation_id: str) -> Segment | None:
+        row = await self.store.fetch_one(
+            sa.select(segments).where(
+                segments.c.conversation_id == conversation_id,
+                segments.c.state.in_(OPEN_SEGMENT_STATES),
+            )
+        )
+        return None if row is None else Segment.from_row(row)
+
+    async def get_segment(self, tenant: str, segment_id: str) -> Segment | None:
+        row = await self.store.fetch_one(
+            sa.select(segments).where(segments.c.id == segment_id, segments.c.tenant == tenant)
+        )
+        return None if row is None else Segment.from_row(row)
+
+    async def segments_by_ids(self, tenant: str, ids: Sequence[str]) -> dict[str, Segment]:
+        if not ids:
+            return {}
+        rows = await self.store.fetch_all(
+            sa.select(segments).where(segments.c.tenant == tenant, segments.c.id.in_(list(ids)))
+        )
+        return {r["id"]: Segment.from_row(r) for r in rows}
+
+    async def segments_where(self, tenant: str, *conditions: Any) -> list[Segment]:
+        rows = await self.store.fetch_all(
+            sa.select(segments)
+            .where(segments.c.tenant == tenant, *conditions)
+            .order_by(segments.c.queued_at, segments.c.id)
+        )
+        return [Segment.from_row(r) for r in rows]
+
+    async def segments_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Segment]]:
+        out: dict[str, list[Segment]] = {cid: [] for cid in conversation_ids}
+        if not conversation_ids:
+            return out
+        rows = await self.store.fetch_all(
+            sa.select(segments)
+            .where(segments.c.conversation_id.in_(list(conversation_ids)))
+            .order_by(segments.c.created, segments.c.id)
+        )
+        for row in rows:
+            out[row["conversation_id"]].append(Segment.from_row(row))
+        return out
+
+    async def insert_segment(
+        self,
+        conversation: Conversation,
+        *,
+        queue: str,
+        state: SegmentState = SegmentState.QUEUED,
+        subtype: str | None = None,
+    ) -> tuple[Segment, InteractionEvent]:
+        """A new open segment (a new interaction) and its STARTED outbox row. Raises
+        :class:`engine.store.errors.Conflict` when the conversation already has one."""
+        now = self.now()
+        segment_id = str(uuid.uuid4())
+        await self.store.execute(
+            sa.insert(segments).values(
+                id=segment_id,
+                conversation_id=conversation.id,
+                tenant=conversation.tenant,
+                media=str(conversation.media),
+                state=str(state),
+                queue=queue,
+                queued_at=now,
+                created=now,
+                declined="{}",
+                attempt=0,
+            )
+        )
+        event = await self.insert_event(
+            InteractionEventType.STARTED, conversation, segment_id, subtype
+        )
+        segment = await self.get_segment(conversation.tenant, segment_id)
+        assert segment is not None
+        return segment, event
+
+    async def transition(
+        self,
+        tenant: str,
+        segment_id: str,
+        *,
+        expect_states: Sequence[SegmentState],
+        values: Mapping[str, Any],
+        **expect: Any,
+    ) -> Segment | None:
+        """Conditional update: applies ``values`` only when the segment is in one of
+        ``expect_states`` (and the columns in ``expect`` have those values). Returns the
+        updated segment, or None when the condition did not hold (someone else won)."""
+        conditions = [
+            segments.c.id == segment_id,
+            segments.c.tenant == tenant,
+            segments.c.state.in_([str(s) for s in expect_states]),
+        ]
+        for column, value in expect.items():
+            col = segments.c[column]
+            conditions.append(col.is_(None) if value is None else col == value)
+        row = await self.store.fetch_one(
+            sa.update(segments).where(*conditions).values(**values).returning(*segments.c)
+        )
+        return None if row is None else Segment.from_row(row)
+
+    async def count_states(self, tenant: str) -> dict[tuple[str, str], int]:
+        rows = await self.store.fetch_all(
+            sa.select(segments.c.queue, segments.c.state, sa.func.count().label("n"))
+            .where(segments.c.tenant == tenant, segments.c.state.in_(OPEN_SEGMENT_STATES))
+            .group_by(segments.c.queue, segments.c.state)
+        )
+        return {(r["queue"], r["state"]): int(r["n"]) for r in rows}
+
+    # ---- outbox -------------------------------------------------------------------------
+
+    async def insert_event(
+        self,
+        event: InteractionEventType,
+        conversation: Conversation,
+        segment_id: str,
+        subtype: str | None,
+    ) -> InteractionEvent:
+        await self.store.execute(
+            sa.insert(interaction_events).values(
+                tenant=conversation.tenant,
+                event=str(event),
+                interaction_id=segment_id,
+                conversation_id=conversation.id,
+                media=str(conversation.media),
+                subtype=subtype,
+                created=self.now(),
+            )
+        )
+        return InteractionEvent(
+            event=event,
+            tenant=conversation.tenant,
+            interaction_id=segment_id,
+            conversation_id=conversation.id,
+            media=Media(conversation.media),
+            subtype=subtype,
+        )
+
+    async def events_of(self, interaction_id: str) -> list[dict[str, Any]]:
+        return await self.store.fetch_all(
+            sa.select(interaction_events)
+            .where(interaction_events.c.interaction_id == interaction_id)
+            .order_by(interaction_events.c.id)
+        )
