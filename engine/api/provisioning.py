@@ -136,7 +136,8 @@ def paging(request: Request) -> tuple[int, str | None]:
     after = None
     if cursor:
         try:
-            after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+            padded = (cursor + "=" * (-len(cursor) % 4)).encode("ascii")
+            after = base64.b64decode(padded, altchars=b"-_", validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             raise BadRequest("malformed cursor", field="cursor") from None
     return limit, after
