@@ -291,6 +291,8 @@ class ProviderAdapter(abc.ABC):
             return await self.client.post(url, timeout=ctx.request_timeout, **kwargs)
         except httpx.HTTPError as exc:
             raise classify_transport_error(exc, self.name) from exc
+        except httpx.InvalidURL as exc:
+            raise PermanentSendError(f"{self.name}: invalid URL {url!r}: {exc}") from exc
 
 
 # ---- classification ------------------------------------------------------------------
@@ -336,6 +338,8 @@ def raise_for_response(response: httpx.Response, provider: str) -> None:
 
 def classify_transport_error(exc: httpx.HTTPError, provider: str) -> SendError:
     """Timeouts and connection errors are transient; a malformed URL is permanent."""
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return PermanentSendError(f"{provider}: unusable URL: {exc}")
     if isinstance(exc, httpx.TimeoutException):
         return TransientSendError(f"{provider}: no answer in time ({type(exc).__name__})")
     if isinstance(exc, httpx.TransportError):
