@@ -23,9 +23,11 @@ $(DEV_STAMP): $(RUNTIME_STAMP)
 venv: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)
 
+# Development secrets for every ${env:NAME} of config/ go to var/dev.env (kept across runs);
+# then the engine serves config/ on the embedded defaults (SQLite var/nexus.db, memory://).
 run: $(RUNTIME_STAMP)
-	$(BIN)/nexus lint config/
-	@echo "Config is valid. The engine's server ('nexus serve') is the next milestone (issue #3)."
+	$(BIN)/python scripts/dev_env.py --config config --out var/dev.env --hint
+	set -a && . ./var/dev.env && set +a && exec $(BIN)/nexus serve --config config
 
 test: $(DEV_STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -63,6 +64,7 @@ MASK = "***"
 _CCID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 bp = Blueprint("provisioning")
+log = logging.getLogger("nexus.provisioning")
 
 
 # ---------------------------------------------------------------------- shared helpers
@@ -175,7 +177,8 @@ async def store_errors() -> AsyncIterator[None]:
         raise NotFound(str(exc)) from None
     except se.Conflict as exc:
         raise Conflict(str(exc)) from None
-    except se.StoreUnavailable:
+    except se.StoreError as exc:  # unreachable, or failing under us (database dropped, ...)
+        log.warning("store error: %s", exc)
         raise Unavailable("the store is unavailable") from None
 
 
