@@ -133,7 +133,9 @@ class FakeProvider:
                     await reply.hold.wait()
                 payload = reply.body
                 out_headers = dict(reply.headers)
-                if payload is None:
+                if reply.status in (204, 304):
+                    payload = b""  # no body allowed (it would corrupt the next keep-alive reply)
+                elif payload is None:
                     payload = json.dumps({} if reply.json is None else reply.json).encode()
                     out_headers.setdefault("Content-Type", "application/json")
                 head = [f"HTTP/1.1 {reply.status} {REASONS.get(reply.status, 'Status')}"]
