@@ -7,6 +7,7 @@ import argparse
 import pytest
 
 from engine.store.commands import register
+from engine.store.migrations import discover
 
 
 def _run(argv: list[str]) -> int:
@@ -18,10 +19,11 @@ def _run(argv: list[str]) -> int:
 
 def test_migrate_sqlite_then_up_to_date(tmp_path, capsys) -> None:
     url = f"sqlite:///{tmp_path}/new/nexus.db"
+    versions = [m.version for m in discover()]
     assert _run(["migrate", "--db-url", url]) == 0
-    assert capsys.readouterr().out == "applied migration 0001\n"
+    assert capsys.readouterr().out == "".join(f"applied migration {v:04d}\n" for v in versions)
     assert _run(["migrate", "--db-url", url]) == 0
-    assert capsys.readouterr().out == "schema is up to date (version 0001)\n"
+    assert capsys.readouterr().out == f"schema is up to date (version {versions[-1]:04d})\n"
 
 
 def test_migrate_default_url_from_env(tmp_path, monkeypatch, capsys) -> None:

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from engine.store import Store, StoreError, StoreUnavailable
 from engine.store import metrics as m
 from engine.store.db import _command_of, error_code
+from engine.store.migrations import discover
 from engine.store.tables import tenants
 
 
@@ -20,7 +21,7 @@ def _value(name: str, **labels: str) -> float:
 
 async def test_in_memory_sqlite_store() -> None:
     store = Store("sqlite://", name="unit-mem")
-    assert await store.connect() == [1]
+    assert await store.connect() == [m.version for m in discover()]
     try:
         tenant = await store.tenants.create("c1", "acme")
         assert (await store.tenants.get("c1")) == tenant
