@@ -128,6 +128,7 @@ class Router:
         self.bus = LiveBus(cache)
         self._callbacks: list[EventCallback] = []
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self._suspects: set[tuple[str, str, str, str]] = set()
         self._last_sweep = 0.0
 
@@ -1056,11 +1057,14 @@ class Router:
         await self.kick(tenant)
 
     async def run(self) -> None:
-        """The dispatcher loop (one per process; safe to run in many)."""
+        """The dispatcher loop (one per process; safe to run in many). Ends after the
+        current pass once :meth:`stop` is called (never cancelled mid-transaction)."""
         sub = await self.cache.subscribe(KICK_CHANNEL)
         try:
-            while True:
+            while not self._stopping.is_set():
                 message = await sub.get(timeout=self.tick)
+                if self._stopping.is_set():
+                    break
                 try:
                     if message is not None:
                         tenants = {json.loads(message.data)["tenant"]}
@@ -1086,11 +1090,19 @@ class Router:
 
     async def start(self) -> None:
         if self._task is None or self._task.done():
+            self._stopping.clear()
             self._task = asyncio.create_task(self.run(), name="nexus-router-dispatcher")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            task, self._task = self._task, None
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the dispatcher: it finishes its current pass first (cancelled only if that
+        takes longer than ``timeout`` seconds)."""
+        if self._task is None:
+            return
+        task, self._task = self._task, None
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
