@@ -45,6 +45,7 @@ from sanic import HTTPResponse, Request, Sanic
 import engine
 from engine.api import auth_routes, health, openapi
 from engine.api.errors import EnvelopeErrorHandler, PayloadTooLarge
+from engine.api.scxml import create_scxml_blueprint
 from engine.auth.embedded import EmbeddedAuthProvider, InMemoryUserDirectory, UserDirectory
 from engine.auth.gws import GwsAuthProvider
 from engine.observability import logging as nexus_logging
@@ -194,6 +195,7 @@ def create_app(
     app.blueprint(health.bp)
     app.blueprint(auth_routes.bp)
     app.blueprint(openapi.bp)
+    app.blueprint(create_scxml_blueprint())  # strategies rendered from app.ctx.config
     _add_middleware(app)
     _add_listeners(app, serve_metrics)
     for extra in setup:  # the wiring's own blueprints, middleware and listeners

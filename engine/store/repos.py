@@ -65,8 +65,9 @@ def hash_api_key(key: str, pepper: bytes) -> str:
 
 
 def generate_api_key() -> str:
-    """A new random API key (43 URL-safe characters, 256 bits)."""
-    return secrets.token_urlsafe(32)
+    """A new random API key in the guide's format: a UUID string (122 random bits from the
+    OS CSPRNG), so existing tooling that expects `9b7682b7-cbce-...` keys keeps working."""
+    return str(uuid.UUID(bytes=secrets.token_bytes(16), version=4))
 
 
 class _Repo:

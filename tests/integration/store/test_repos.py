@@ -97,7 +97,7 @@ async def test_apikey_hash_lookup(store: Store) -> None:
     record, key = await store.apikeys.create(
         CCID, "widget", ["nexus:consumer:chat"], createdby="admin"
     )
-    assert len(key) >= 40
+    assert str(uuid.UUID(key)) == key and uuid.UUID(key).version == 4  # the guide's key format
     assert record.capacity == 120 and record.frequency == 60 and record.expires is None
     assert record.public()["expires"] is False and "key_hash" not in record.public()
     row = await store.fetch_one(sa.select(apikeys).where(apikeys.c.id == record.id))
