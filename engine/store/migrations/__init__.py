@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.schema import CreateTable
 
 import engine.store.conversation_tables  # noqa: F401 - registers them on tables.metadata
+import engine.store.messaging_tables  # noqa: F401 - registers them on tables.metadata
 import engine.store.webhook_tables  # noqa: F401 - registers them on tables.metadata
 from engine.store.errors import MigrationError
 from engine.store.tables import schema_migrations
