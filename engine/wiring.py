@@ -204,11 +204,12 @@ def make_cache(settings: Settings) -> Any:
 
 
 def install_api(app: Sanic) -> None:
-    from engine.api import apikeys, provisioning, security
+    from engine.api import apikeys, chat_wiring, provisioning, security
 
     security.install_security(app)
     app.blueprint(provisioning.bp)
     app.blueprint(apikeys.bp)
+    chat_wiring.install_chat(app)  # chat + agent APIs, the per-worker conversation engine
 
 
 def default_wiring(settings: Settings) -> dict[str, Any]:

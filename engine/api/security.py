@@ -13,6 +13,11 @@ below must authenticate, by one of:
 The principal is put on ``request.ctx.principal`` (and the key on ``request.ctx.apikey``);
 handlers check permissions with :func:`require` / :func:`require_tenant`.
 
+Browsers cannot set headers on a WebSocket (nor on an ``<img src>``): on the chat and agent
+streams and the chat file downloads (:func:`query_credentials_allowed`) the credentials may
+also come as query parameters, ``apikey`` (for ``x-api-key``) and ``access_token`` (a Bearer
+token); headers win when both are present.
+
 Public paths: ``/health``, ``/health/detail``, ``/auth/v3/oauth/token`` (it authenticates
 the OAuth client itself) and ``/scxml/*``: orchestration servers fetch strategies by URL with
 no way to add headers (a Queue's ``strategy.url``), so SCXML documents are served without
@@ -59,6 +64,8 @@ SCXML_WINDOW = 60
 KEY_TTL = 10.0
 KEY_CACHE_SIZE = 10_000
 INVALIDATE_CHANNEL = "apikeys:invalidate"
+CHAT_PREFIXES = ("/nexus/v3/chat/", "/chat/v3/")
+AGENT_STREAM = "/nexus/v3/agent/stream"
 ALL = "*"
 _WARN_EVERY = 30.0
 
@@ -232,10 +239,36 @@ def _check_usable(key: Any) -> None:
         raise NoPermission("the API key is disabled", field="x-api-key")
 
 
+def query_credentials_allowed(path: str) -> bool:
+    """Paths that take credentials from the query string (WebSockets, file downloads)."""
+    if path == AGENT_STREAM:
+        return True
+    return path.startswith(CHAT_PREFIXES) and (path.endswith("/stream") or "/files/" in path)
+
+
+async def _query_bearer(request: Request, token: str) -> Principal:
+    """The principal of a Bearer token passed as ``?access_token=`` (see module doc)."""
+    from engine.auth import AuthError, AuthUnavailable
+    from engine.auth.gws import GwsAuthProvider
+
+    provider = request.app.ctx.auth
+    try:
+        if isinstance(provider, GwsAuthProvider):
+            return await provider.authenticate(token, trace_id=request.ctx.trace_id)
+        return await provider.authenticate(token)
+    except AuthError as exc:
+        raise Unauthorized(str(exc), field="access_token") from None
+    except AuthUnavailable as exc:
+        raise Unavailable(str(exc)) from None
+
+
 async def authenticate(request: Request) -> Principal:
     """The request's principal from ``x-api-key`` or ``Authorization`` (see module doc)."""
     app = request.app
     presented = request.headers.get("x-api-key")
+    query_ok = query_credentials_allowed(request.path)
+    if presented is None and query_ok:
+        presented = request.args.get("apikey")
     ccid = (request.headers.get("x-ccid") or "").strip() or None
     if presented is not None:
         presented = presented.strip()
@@ -248,8 +281,11 @@ async def authenticate(request: Request) -> Principal:
                                field="x-ccid")
         request.ctx.apikey = key
         principal = Principal.build("apikey", key.id, key.tenant, (), key.permissions)
-    elif request.headers.get("authorization"):
-        principal = await authenticate_bearer(request)
+    elif request.headers.get("authorization") or (query_ok and request.args.get("access_token")):
+        if request.headers.get("authorization"):
+            principal = await authenticate_bearer(request)
+        else:
+            principal = await _query_bearer(request, request.args.get("access_token", ""))
         if not principal.all_tenants and ccid is not None and ccid != principal.tenant:
             raise NoPermission("x-ccid names another tenant than the token's", field="x-ccid")
     else:

@@ -65,6 +65,7 @@ from engine.routing.conversation_models import (
     Segment,
     SegmentState,
     TooManyFiles,
+    UcsUnavailable,
     from_epoch,
 )
 from engine.routing.conversation_repo import ConversationRepo, Draft, dumps
@@ -208,7 +209,7 @@ class ConversationService:
             phone=phone,
         )
         name = self.customer_nickname(nickname, first_name, last_name, data.email)
-        contact_id = await self.contacts.identify(tenant, data)
+        contact_id = await self._identify(tenant, data)
         customer = Customer(name, data.first_name, data.last_name, data.email, data.phone)
         async with self.store.transaction():
             conversation = await self.repo.insert_conversation(
@@ -244,6 +245,15 @@ class ConversationService:
         await self.router.emit([event])
         await self.router.start_segment(segment)
         return conversation
+
+    async def _identify(self, tenant: str, data: Any) -> str | None:
+        """The contact id, or None while the tenant's UCS is unavailable: a customer can
+        always start a conversation (it is then not linked to a contact)."""
+        try:
+            return await self.contacts.identify(tenant, data)
+        except UcsUnavailable as exc:
+            log.warning("contact identification skipped for %s: %s", tenant, exc)
+            return None
 
     async def _locked(self, tenant: str, conversation_id: str, reserve: int) -> Conversation:
         conversation = await self.repo.lock_conversation(tenant, conversation_id, reserve)
@@ -296,7 +306,7 @@ class ConversationService:
         data = self.contacts.parse(
             first_name=first_name, last_name=last_name, nickname=nickname, phone=phone
         )
-        contact_id = await self.contacts.identify(tenant, data)
+        contact_id = await self._identify(tenant, data)
         name = (
             (nickname or "").strip()
             or " ".join(p for p in (data.first_name, data.last_name) if p)
