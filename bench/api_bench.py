@@ -105,6 +105,24 @@ async def load(url: str, headers: dict[str, str], seconds: float, concurrency: i
     return ok, errors
 
 
+def load_wrk(url: str, headers: dict[str, str], seconds: float, concurrency: int) -> tuple[
+        int, int]:
+    """wrk (one thread, ``concurrency`` connections): a C client, so the client is not the
+    bottleneck when measuring the bare handler."""
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency"]
+    for name, value in headers.items():
+        cmd += ["-H", f"{name}: {value}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    total = errors = 0
+    for line in out.splitlines():
+        line = line.strip()
+        if " requests in " in line:
+            total = int(line.split()[0])
+        elif line.startswith("Non-2xx or 3xx responses:"):
+            errors = int(line.split(":")[1])
+    return total - errors, errors
+
+
 def start_engine(tmp: Path, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str,
                                                              dict[str, str]]:
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -148,7 +166,16 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--db-url")
     parser.add_argument("--redis-url")
+    parser.add_argument("--client", choices=("wrk", "httpx"),
+                        default="wrk" if shutil.which("wrk") else "httpx",
+                        help="load generator (default: wrk when installed: apt-get install wrk)")
     args = parser.parse_args()
+
+    def run_load(url: str, headers: dict[str, str]) -> tuple[int, int]:
+        if args.client == "wrk":
+            return load_wrk(url, headers, args.seconds, args.concurrency)
+        return asyncio.run(load(url, headers, args.seconds, args.concurrency))
+
     tmp = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
     path = f"/nexus/v3/provisioning/services/{T1001}/mGageSMS"
     try:
@@ -157,8 +184,7 @@ def main() -> int:
             sample = httpx.get(api + path, headers=headers)
             assert sample.status_code == 200, sample.text
             payload = sample.json()
-            engine_ok, engine_err = asyncio.run(load(api + path, headers, args.seconds,
-                                                     args.concurrency))
+            engine_ok, engine_err = run_load(api + path, headers)
         finally:
             stop(engine)
         script = tmp / "bare_app.py"
@@ -168,15 +194,15 @@ def main() -> int:
                                 cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_up(f"http://127.0.0.1:{port}{path}", bare)
-            bare_ok, bare_err = asyncio.run(load(f"http://127.0.0.1:{port}{path}", {},
-                                                 args.seconds, args.concurrency))
+            bare_ok, bare_err = run_load(f"http://127.0.0.1:{port}{path}", {})
         finally:
             stop(bare)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     engine_rps = engine_ok / args.seconds
     bare_rps = bare_ok / args.seconds
-    print(f"concurrency {args.concurrency}, {args.seconds:.0f} s each, {args.workers} worker(s), "
+    print(f"client {args.client}, concurrency {args.concurrency}, {args.seconds:.0f} s each, "
+          f"{args.workers} worker(s), "
           f"db {'sqlite' if not args.db_url else 'postgresql'}, "
           f"cache {args.redis_url or 'memory://'}")
     print(f"engine  authenticated GET service: {engine_rps:9.0f} req/s ({engine_err} errors)")

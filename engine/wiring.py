@@ -170,10 +170,12 @@ def apply_users(app: Sanic, model: Any) -> None:
 
 
 async def refresh_api_keys(app: Sanic, model: Any) -> None:
-    """Config keys may have changed: every process drops its cached API keys."""
-    from engine.api.security import invalidate_api_keys
+    """Config keys and services may have changed: every process drops its cached API keys
+    and service views."""
+    from engine.api.security import ALL, invalidate_api_keys, invalidate_services
 
-    await invalidate_api_keys(app, "*")
+    await invalidate_api_keys(app, ALL)
+    await invalidate_services(app, ALL)
 
 
 # ---------------------------------------------------------------------- factories

@@ -33,6 +33,7 @@ import binascii
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -52,7 +53,13 @@ from engine.api.errors import (
     Unavailable,
 )
 from engine.api.openapi import describe
-from engine.api.security import actor_of, invalidate_api_keys, require, require_tenant
+from engine.api.security import (
+    actor_of,
+    invalidate_api_keys,
+    invalidate_services,
+    require,
+    require_tenant,
+)
 
 PROVISIONING = "nexus:provisioning:*"
 TENANT_KEY_NAME = "Tenant API key"
@@ -344,6 +351,7 @@ async def delete_tenant(request: Request, ccid: str) -> HTTPResponse:
         for key in await store.apikeys.list(tenant=ccid, limit=100_000):
             await store.apikeys.delete(key.id, actor=actor)
     await invalidate_api_keys(request.app, "*")
+    await invalidate_services(request.app, ccid)
     return ok(tenant_view(tenant))
 
 
@@ -438,6 +446,7 @@ async def create_service(request: Request, ccid: str, name: str) -> HTTPResponse
             ccid, name, url=body.get("url"), data=body.get("data") or {},
             secret=body.get("secret") or {}, actor=actor_of(principal),
         )
+    await invalidate_services(request.app, ccid, name)
     return ok(service_view(service), status=201)
 
 
@@ -464,11 +473,18 @@ async def list_services(request: Request, ccid: str) -> HTTPResponse:
           security=["apiKey", "bearer"], responses={200: "data: the service", 404: "none"})
 async def get_service(request: Request, ccid: str, name: str) -> HTTPResponse:
     require_tenant(request, PROVISIONING, ccid)
-    async with store_errors():
-        service = await store_of(request).services.get(ccid, name)
-    if service is None:
-        raise NotFound(f"service {name} of tenant {ccid} not found", field="name")
-    return ok(service_view(service))
+    cache = getattr(request.app.ctx, "service_cache", None)
+    now = time.monotonic()
+    view = cache.get(ccid, name, now) if cache is not None else None
+    if view is None:
+        async with store_errors():
+            service = await store_of(request).services.get(ccid, name)
+        if service is None:
+            raise NotFound(f"service {name} of tenant {ccid} not found", field="name")
+        view = service_view(service)
+        if cache is not None:
+            cache.put(ccid, name, view, now)
+    return ok(view)
 
 
 @bp.put("/nexus/v3/provisioning/services/<ccid>/<name>", name="service_update")
@@ -498,6 +514,7 @@ async def update_service(request: Request, ccid: str, name: str) -> HTTPResponse
             ccid, name, url=full.get("url"), data=full.get("data") or {},
             secret=full.get("secret") or {}, actor=actor_of(principal),
         )
+    await invalidate_services(request.app, ccid, name)
     return ok(service_view(service))
 
 
@@ -508,4 +525,5 @@ async def delete_service(request: Request, ccid: str, name: str) -> HTTPResponse
     principal = require_tenant(request, PROVISIONING, ccid)
     async with store_errors():
         service = await store_of(request).services.delete(ccid, name, actor=actor_of(principal))
+    await invalidate_services(request.app, ccid, name)
     return ok(service_view(service))

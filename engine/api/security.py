@@ -115,6 +115,63 @@ class ApiKeyCache:
         return len(self._entries)
 
 
+SERVICE_TTL = 10.0
+SERVICE_PREFIX = "svc:"
+
+
+class ServiceViewCache:
+    """(ccid, service name) -> the service's public view, for :data:`SERVICE_TTL` seconds.
+
+    Service definitions are read far more often than written (every provider call and every
+    Designer/aggregator lookup reads one), so reads are served from memory. Every write
+    invalidates here at once and in the other processes through the cache's pub/sub; the TTL
+    bounds staleness if a message is lost.
+    """
+
+    def __init__(self, ttl: float = SERVICE_TTL, size: int = KEY_CACHE_SIZE) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[tuple[str, str], tuple[dict[str, Any], float]] = OrderedDict()
+
+    def get(self, ccid: str, name: str, now: float) -> dict[str, Any] | None:
+        entry = self._entries.get((ccid, name))
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._entries[(ccid, name)]
+            return None
+        return entry[0]
+
+    def put(self, ccid: str, name: str, view: dict[str, Any], now: float) -> None:
+        self._entries[(ccid, name)] = (view, now + self.ttl)
+        self._entries.move_to_end((ccid, name))
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def invalidate(self, ccid: str, name: str = ALL) -> None:
+        if ccid == ALL:
+            self._entries.clear()
+        elif name == ALL:
+            for key in [k for k in self._entries if k[0] == ccid]:
+                del self._entries[key]
+        else:
+            self._entries.pop((ccid, name), None)
+
+
+async def invalidate_services(app: Sanic, ccid: str, name: str = ALL) -> None:
+    """Drop a tenant's service (or all its services) from every process's view cache."""
+    cache: ServiceViewCache | None = getattr(app.ctx, "service_cache", None)
+    if cache is not None:
+        cache.invalidate(ccid, name)
+    live = getattr(app.ctx, "cache", None)
+    if live is None:
+        return
+    try:
+        await live.publish(INVALIDATE_CHANNEL, f"{SERVICE_PREFIX}{ccid}/{name}")
+    except Exception as exc:  # noqa: BLE001 - the cache may be down; TTL bounds staleness
+        log.warning("cannot publish service invalidation: %s", type(exc).__name__)
+
+
 # ---------------------------------------------------------------------- permission helpers
 def principal_of(request: Request) -> Principal:
     principal = getattr(request.ctx, "principal", None)
@@ -188,9 +245,16 @@ async def _listen(app: Sanic) -> None:
             continue
         backoff = 0.1
         keys.invalidate(ALL)  # anything published while we were not listening is lost
+        services: ServiceViewCache = app.ctx.service_cache
+        services.invalidate(ALL)
         try:
             async for message in sub:
-                keys.invalidate(message.data)
+                data = message.data
+                if data.startswith(SERVICE_PREFIX):
+                    ccid, _, name = data[len(SERVICE_PREFIX):].partition("/")
+                    services.invalidate(ccid, name or ALL)
+                else:
+                    keys.invalidate(data)
         finally:
             await sub.close()
 
@@ -318,6 +382,7 @@ async def _limit(request: Request, bucket: str, capacity: int, window: int) -> N
 def install_security(app: Sanic) -> None:
     """Add the authentication middleware and the key-invalidation listener to ``app``."""
     app.ctx.apikey_cache = ApiKeyCache()
+    app.ctx.service_cache = ServiceViewCache()
     app.ctx.security_warnings = _Warnings()
     app.ctx.invalidation_task = None
 

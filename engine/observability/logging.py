@@ -102,6 +102,8 @@ class SecretFilter(logging.Filter):
     """Masks secrets in a record's message, arguments, extras and exception text."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "_masked", False):
+            return True  # built by access_line from already-masked parts (the hot path)
         try:
             message = record.getMessage()
         except Exception:  # a broken format string must still be logged
@@ -126,7 +128,11 @@ def _iso(ts: float) -> str:
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and v is not None}
+    return {
+        k: v
+        for k, v in vars(record).items()
+        if k not in _STANDARD and v is not None and not k.startswith("_")
+    }
 
 
 class JsonFormatter(logging.Formatter):
@@ -203,6 +209,9 @@ def configure_logging(fmt: str = "json", level: int | str = logging.INFO) -> log
 _access = logging.getLogger(ACCESS_LOGGER)
 
 
+_PID = os.getpid()  # each spawned worker imports this module afresh
+
+
 def access_line(
     *,
     trace_id: str,
@@ -217,23 +226,54 @@ def access_line(
     duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
     if not _access.isEnabledFor(logging.INFO):
         return
+    # Paths hold ids, never secrets; query values are masked by name and by value.
     shown = f"{path}?{mask_query(query)}" if query else path
-    _access.info(
-        "%s %s %d",
-        method,
-        shown,
-        status,
-        extra={
-            "trace_id": trace_id,
-            "method": method,
-            "route": route,
-            "path": shown,
-            "status": status,
-            "duration_ms": duration_ms,
-            "remote": remote,
-            "worker": os.getpid(),
-        },
-    )
+    fields = {
+        "trace_id": trace_id,
+        "method": method,
+        "route": route,
+        "path": shown,
+        "status": status,
+        "duration_ms": duration_ms,
+        "remote": remote,
+        "worker": _PID,
+    }
+    handler = _direct_handler()
+    if handler is None:  # other handlers are attached (tests, embedding): go through logging
+        _access.info("%s %s %d", method, shown, status, extra={**fields, "_masked": True})
+        return
+    # The hot path: one access line per request, formatted here and written straight to
+    # stdout, skipping LogRecord creation, caller lookup and the secret filter (the parts
+    # are masked above), which together cost more than the request itself.
+    now = time.time()
+    message = f"{method} {shown} {status}"
+    if isinstance(handler.formatter, TextFormatter):
+        tail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "trace_id")
+        line = f"{_iso(now)} {'INFO':<7} {ACCESS_LOGGER} [{trace_id}]: {message} ({tail})"
+    else:
+        line = json.dumps(
+            {"ts": _iso(now), "level": "info", "logger": ACCESS_LOGGER, "msg": message,
+             "pid": _PID, **fields},
+            default=str, ensure_ascii=False,
+        )
+    out = sys.stdout
+    out.write(line + "\n")
+    out.flush()  # one write per line, like logging: lines of several workers never interleave
+
+
+def _direct_handler() -> logging.Handler | None:
+    """The Nexus stdout handler when it is the only place access lines go, else None."""
+    handlers = logging.root.handlers
+    if (
+        len(handlers) == 1
+        and handlers[0].get_name() == _NEXUS_HANDLER
+        and not _access.handlers
+        and _access.propagate
+        and not _access.disabled
+        and handlers[0].level <= logging.INFO
+    ):
+        return handlers[0]
+    return None
 
 
 def secrets_in_url(url: str) -> Iterable[str]:

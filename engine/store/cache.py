@@ -71,6 +71,18 @@ class PubSubMessage:
     data: str
 
 
+def lease_size(capacity: int) -> int:
+    """How many rate-limit tokens one Redis round trip takes for a key of ``capacity``."""
+    return 1 if capacity <= 1000 else capacity // 100
+
+
+@dataclass
+class _Lease:
+    tokens: int  # leased and not spent yet
+    until: float  # monotonic end of the window the tokens belong to
+    denied: bool  # Redis had nothing left for this window
+
+
 @dataclass(frozen=True)
 class CacheSettings:
     kind: str  # "memory" | "redis" | "cluster"
@@ -202,6 +214,9 @@ class Cache:
         self._down_since: float | None = None
         self._ready_event = asyncio.Event()
         self._subscriptions: set[Subscription] = set()
+        # Rate-limit tokens leased from Redis in batches (see hit()).
+        self._leases: dict[str, _Lease] = {}
+        self._lease_locks: dict[str, asyncio.Lock] = {}
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -516,31 +531,79 @@ class Cache:
         """Count one request against ``key``: at most ``capacity`` per fixed window of
         ``window_seconds`` (the window starts at its first hit).
 
-        Atomic across tasks, processes and pods: ``SET key 0 PX window NX; INCR; PTTL`` run as
-        one MULTI/EXEC on the key's node, so exactly ``capacity`` hits of a window are allowed
-        however many race. ``retry_after`` is the time until the window resets.
+        Atomic across tasks, processes and pods: ``SET key 0 PX window NX; INCRBY; PTTL`` run
+        as one MULTI/EXEC on the key's node, so at most ``capacity`` hits of a window are
+        allowed however many race. ``retry_after`` is the time until the window resets.
+
+        Large capacities lease tokens in batches (:func:`lease_size`: 1 up to 1,000, then 1%
+        of the capacity) and spend them locally, so a busy key costs one Redis round trip per
+        batch instead of one per request. Never more than ``capacity`` are allowed; a process
+        may strand at most one unused batch per window (under-admission, never over).
         """
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if window_seconds <= 0:
             raise ValueError("window_seconds must be positive")
+        batch = lease_size(capacity)
+        if batch == 1:
+            return await self._hit_remote(key, capacity, window_seconds, 1)
+        spent = self._spend_lease(key)
+        if spent is not None:
+            return spent
+        # One lease request per key in flight per process: concurrent misses wait for it
+        # and then spend its tokens instead of each leasing (and stranding) a batch.
+        lock = self._lease_locks.get(key)
+        if lock is None:
+            lock = self._lease_locks[key] = asyncio.Lock()
+        async with lock:
+            spent = self._spend_lease(key)
+            if spent is not None:
+                return spent
+            return await self._hit_remote(key, capacity, window_seconds, batch)
+
+    def _spend_lease(self, key: str) -> RateLimit | None:
+        lease = self._leases.get(key)
+        if lease is None:
+            return None
+        now = time.monotonic()
+        if lease.until <= now:
+            return None
+        if lease.tokens > 0:
+            lease.tokens -= 1
+            return RateLimit(True, 0.0)
+        if lease.denied:
+            return RateLimit(False, lease.until - now)
+        return None
+
+    async def _hit_remote(
+        self, key: str, capacity: int, window_seconds: float, batch: int
+    ) -> RateLimit:
         full = self.key("rl", key)
         window_ms = max(1, int(window_seconds * 1000))
 
         async def op(client: Client) -> tuple[int, int]:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.set(full, 0, px=window_ms, nx=True)
-                pipe.incr(full)
+                pipe.incrby(full, batch)
                 pipe.pttl(full)
                 _, count, ttl = await pipe.execute()
             return int(count), int(ttl)
 
         count, ttl_ms = await self.call(op)
-        if count <= capacity:
-            return RateLimit(True, 0.0)
         if ttl_ms < 0:  # no expiry (the key was written by someone else): repair it
             await self.call(lambda c: c.pexpire(full, window_ms))
             ttl_ms = window_ms
+        granted = max(0, min(batch, capacity - (count - batch)))
+        if batch > 1:
+            now = time.monotonic()
+            if len(self._leases) > 10_000:
+                self._leases = {k: v for k, v in self._leases.items() if v.until > now}
+                self._lease_locks = {
+                    k: v for k, v in self._lease_locks.items() if k in self._leases
+                }
+            self._leases[key] = _Lease(max(0, granted - 1), now + ttl_ms / 1000.0, granted == 0)
+        if granted > 0:
+            return RateLimit(True, 0.0)
         return RateLimit(False, ttl_ms / 1000.0)
 
     # -- pub/sub -------------------------------------------------------------------------

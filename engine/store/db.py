@@ -40,6 +40,7 @@ from databases.core import Connection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.ddl import DDLElement
 
+from engine.store import sqlite_pool
 from engine.store.errors import Conflict, StoreError, StoreUnavailable
 from engine.store.metrics import DbMetrics
 from engine.store.urls import DEFAULT_DB_URL, DatabaseSettings, parse_database_url
@@ -177,6 +178,7 @@ class Store:
         self.pepper = pepper.encode("utf-8") if isinstance(pepper, str) else bytes(pepper)
         self.metrics = DbMetrics(name or self.dialect)
         self._db = Database(self.settings.driver_url, **self.settings.driver_options)
+        self._sqlite_pool = sqlite_pool.install(self._db)
         self._scope: ContextVar[_Scope | None] = ContextVar(
             f"nexus_store_scope_{id(self):x}", default=None
         )
@@ -254,6 +256,8 @@ class Store:
     async def disconnect(self) -> None:
         if self._db.is_connected:
             await self._db.disconnect()
+            if self._sqlite_pool is not None:
+                await self._sqlite_pool.close()
             self.metrics.disconnect.inc()
 
     async def __aenter__(self) -> Store:

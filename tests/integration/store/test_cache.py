@@ -189,3 +189,37 @@ async def test_rate_limiter_across_two_processes(redis_url: str) -> None:
         await checker.delete("rl:shared")
     finally:
         await checker.close()
+
+
+async def test_large_capacities_lease_tokens_in_batches_and_never_over_admit(
+    cache: Cache,
+) -> None:
+    """Two processes' caches (two Cache objects) share one key of capacity 5,000: never more
+    than 5,000 are allowed, at most one unused batch per cache is stranded, and the server
+    sees one INCRBY per batch instead of one per request."""
+    from engine.store.cache import lease_size
+
+    other = Cache(cache.settings.nodes[0] if cache.settings.kind != "memory" else
+                  f"memory://{cache.settings.memory_name}", prefix=cache.prefix,
+                  health_check_interval=None)
+    await other.connect()
+    try:
+        calls = 0
+        original = cache.call
+
+        async def counting(op):  # noqa: ANN001
+            nonlocal calls
+            calls += 1
+            return await original(op)
+
+        cache.call = counting  # type: ignore[method-assign]
+        results = await asyncio.gather(
+            *(c.hit("key-lease", 5000, 60) for _ in range(3500) for c in (cache, other))
+        )
+        allowed = sum(r.allowed for r in results)
+        assert 5000 - 2 * lease_size(5000) <= allowed <= 5000
+        assert calls <= 3500 // lease_size(5000) + 5
+        denied = [r for r in results if not r.allowed]
+        assert denied and all(0 < r.retry_after <= 60 for r in denied)
+    finally:
+        await other.close()
