@@ -59,7 +59,7 @@ from engine.routing.conversation_models import (
     Segment,
 )
 from engine.routing.conversations import ConversationService
-from engine.routing.router import Router
+from engine.routing.router import PRESENCE_STATES, Router
 
 log = logging.getLogger("nexus.api.agent")
 
@@ -134,6 +134,8 @@ async def put_presence(request: Request) -> HTTPResponse:
     state = text_field(parse_body(request), "state", limit=32)
     if state is None:
         raise MissingParameter("state is required", field="state")
+    if state not in PRESENCE_STATES:
+        raise BadRequest(f"state must be one of {', '.join(PRESENCE_STATES)}", field="state")
     return ok({"state": await _router(request).set_presence(ccid, agent, state)})
 
 
