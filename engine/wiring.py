@@ -33,6 +33,7 @@ from prometheus_client import disable_created_metrics
 from sanic import Sanic
 
 from engine.auth.embedded import InMemoryUserDirectory, UserRecord, plain_password
+from engine.messaging.wiring import install_messaging
 from engine.settings import Settings
 
 log = logging.getLogger("nexus.wiring")
@@ -223,5 +224,5 @@ def default_wiring(settings: Settings) -> dict[str, Any]:
         "cache_factory": make_cache,
         "config_appliers": [apply_to_store, apply_users, refresh_api_keys],
         "user_directory": InMemoryUserDirectory(),
-        "setup": [install_api],
+        "setup": [install_api, install_messaging],
     }

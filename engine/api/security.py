@@ -23,6 +23,11 @@ the OAuth client itself) and ``/scxml/*``: orchestration servers fetch strategie
 no way to add headers (a Queue's ``strategy.url``), so SCXML documents are served without
 credentials, rate-limited per client IP (:data:`SCXML_CAPACITY` per :data:`SCXML_WINDOW` s).
 
+Self-authenticated paths (:data:`SELF_AUTHENTICATED`): the provider webhooks of
+``engine/api/messaging.py`` (``/nexus/v3/channels/{id}/messages|media``,
+``/nexus/v3/sms/message|receipt``, ``/nexus/v3/sms/mgage/{ccid}``) carry no API key: the
+handler verifies the HMAC signature or HTTP Basic credentials on the raw body before parsing.
+
 Rate limits: each API key's ``capacity`` requests per ``frequency`` seconds, counted in the
 live cache (Redis), so the limit holds across workers and pods; over it -> 429 code 8 with
 ``Retry-After`` (whole seconds, at least 1). When the cache is unreachable, requests are let
@@ -38,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -59,6 +65,9 @@ log = logging.getLogger("nexus.security")
 
 PUBLIC_PATHS = frozenset({"/health", "/health/", "/health/detail", "/auth/v3/oauth/token"})
 SCXML_PREFIX = "/scxml/"
+SELF_AUTHENTICATED = re.compile(
+    r"^/nexus/v3/(?:channels/[^/]+/(?:messages|media)|sms/(?:message|receipt|mgage/[^/]+))/?$"
+)
 SCXML_CAPACITY = 600
 SCXML_WINDOW = 60
 KEY_TTL = 10.0
@@ -396,7 +405,7 @@ def install_security(app: Sanic) -> None:
             await _limit(request, f"ip:{request.remote_addr or request.ip}", SCXML_CAPACITY,
                          SCXML_WINDOW)
             return
-        if request.method == "OPTIONS":
+        if request.method == "OPTIONS" or SELF_AUTHENTICATED.match(path):
             return
         principal = await authenticate(request)
         request.ctx.principal = principal
