@@ -121,10 +121,16 @@ class SecretFilter(logging.Filter):
         return True
 
 
+_ISO_SECOND: list[Any] = [-1, ""]  # the last whole second formatted, and its text
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
-    )
+    """``2026-11-24T01:32:57.698Z``; the part up to the second is formatted once a second."""
+    second = int(ts)
+    if second != _ISO_SECOND[0]:
+        _ISO_SECOND[0] = second
+        _ISO_SECOND[1] = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_ISO_SECOND[1]}.{int((ts - second) * 1000):03d}Z"
 
 
 def _extras(record: logging.LogRecord) -> dict[str, Any]:
@@ -251,14 +257,25 @@ def access_line(
         tail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "trace_id")
         line = f"{_iso(now)} {'INFO':<7} {ACCESS_LOGGER} [{trace_id}]: {message} ({tail})"
     else:
-        line = json.dumps(
-            {"ts": _iso(now), "level": "info", "logger": ACCESS_LOGGER, "msg": message,
-             "pid": _PID, **fields},
-            default=str, ensure_ascii=False,
+        # What json.dumps(..., ensure_ascii=False) gives, without its generic encoder.
+        esc = _json_value
+        line = (
+            f'{{"ts": "{_iso(now)}", "level": "info", "logger": "{ACCESS_LOGGER}", '
+            f'"msg": {esc(message)}, "pid": {_PID}, "trace_id": {esc(trace_id)}, '
+            f'"method": {esc(method)}, "route": {esc(route)}, "path": {esc(shown)}, '
+            f'"status": {int(status)}, "duration_ms": {duration_ms!r}, '
+            f'"remote": {esc(remote)}, "worker": {_PID}}}'
         )
     out = sys.stdout
     out.write(line + "\n")
     out.flush()  # one write per line, like logging: lines of several workers never interleave
+
+
+_json_string = json.encoder.encode_basestring  # the C string escaper json.dumps uses
+
+
+def _json_value(value: Any) -> str:
+    return "null" if value is None else _json_string(str(value))
 
 
 def _direct_handler() -> logging.Handler | None:

@@ -136,3 +136,26 @@ def test_exception_tracebacks_are_masked(capsys) -> None:
 def _json_logging():
     configure_logging("json")
     yield
+
+
+def test_fast_access_line_is_exactly_what_json_dumps_gives(capsys, monkeypatch) -> None:
+    import json as json_module
+    import logging as logging_module
+    import time as time_module
+
+    from engine.observability import logging as nexus_log
+
+    handler = nexus_log.configure_logging("json")
+    # pytest's own capture handlers would send the line through logging: keep only ours.
+    monkeypatch.setattr(logging_module.root, "handlers", [handler])
+    assert nexus_log._direct_handler() is handler
+    nexus_log.access_line(
+        trace_id="ab" * 16, method="GET", route=None, path='/x/"é\\u2028',
+        query="apikey=s3cret&a=1", status=404, started=time_module.perf_counter(),
+        remote="127.0.0.1",
+    )
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    parsed = json_module.loads(line)
+    assert parsed["route"] is None and parsed["status"] == 404
+    assert "s3cret" not in line and parsed["path"].startswith('/x/"é')
+    assert line == json_module.dumps(parsed, ensure_ascii=False)
