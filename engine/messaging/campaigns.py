@@ -185,7 +185,7 @@ class CampaignService:
             for offset, row in enumerate(rows):
                 row["created"] = now + _micro(offset)
             async with self.store.transaction():
-                await self.store.execute(sa.insert(outbound_messages), rows)
+                await self.store.execute(sa.insert(outbound_messages).values(rows))
         return results
 
     async def get(self, tenant: str, media: str, message_id: str) -> q.OutboundRow | None:
