@@ -29,6 +29,9 @@ def fake() -> Iterator[ThreadedFake]:
                    Reply(json={"access_token": "tok-1", "expires_in": 3600}))
     server.default("/portico/api/v2/conversations/messages/agentless",
                    lambda r: Reply(json={"id": "gc-" + r.json()["toAddress"]}))
+    server.default("/sparkpost/api/v1/transmissions", Reply(json={
+        "results": {"id": "sp-1", "total_accepted_recipients": 1,
+                    "total_rejected_recipients": 0}}))
     yield server
     server.close()
 
