@@ -14,7 +14,7 @@ second agent). Both are removed afterwards.
    agent slot. Then the customers send Text messages (form POSTs) paced at ``--rate`` per
    second in total for ``--seconds``; each message's latency is the time from the start of its
    POST until the agent's WebSocket delivers it. Prints count, p50, p90, p99 and max.
-2. Memory: ``--sessions`` chats are created through the API (100 in flight) and left open;
+2. Memory: ``--sessions`` chats are created through the API (50 in flight) and left open;
    prints the summed RSS (``/proc/<pid>/status`` VmRSS) of the engine's processes (main and
    workers) before and after.
 
@@ -174,24 +174,31 @@ async def sessions(api: str, env: dict[str, str], count: int, pid: int) -> dict[
     queue: asyncio.Queue[int] = asyncio.Queue()
     for n in range(count):
         queue.put_nowait(n)
-    created = 0
+    created = failed = 0
     widget = WidgetClient(api, key)
 
     async def worker() -> None:
-        nonlocal created
+        nonlocal created, failed
         while not queue.empty():
             n = queue.get_nowait()
-            resp = await widget.create_raw({"firstName": f"Async{n}", "endpoint": "SMS_Main"})
+            try:
+                resp = await widget.create_raw({"firstName": f"Async{n}",
+                                                "endpoint": "SMS_Main"})
+            except httpx.HTTPError:
+                failed += 1
+                continue
             if resp.status_code == 200:
                 created += 1
+            else:
+                failed += 1
 
     began = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(100)))
+    await asyncio.gather(*(worker() for _ in range(50)))
     elapsed = time.perf_counter() - began
     await widget.http.aclose()
     await asyncio.sleep(2)
     after = rss_kb(pid)
-    return {"created": created, "seconds": round(elapsed, 1),
+    return {"created": created, "failed": failed, "seconds": round(elapsed, 1),
             "per_second": round(created / elapsed, 1),
             "rss_before_mb": round(before / 1024, 1), "rss_after_mb": round(after / 1024, 1)}
 
