@@ -90,6 +90,13 @@ READY = "ready"
 NOT_READY = "not-ready"
 PRESENCE_STATES = (READY, NOT_READY)
 DISTRIBUTIONS = ("longest-idle", "round-robin", "least-busy")
+#: how many waiting interactions a dispatch pass reads from Redis and the store at a time
+LINE_CHUNK = 100
+#: a dispatcher woken by a kick first takes the kicks already waiting (for at most
+#: KICK_DRAIN_SECONDS, each waited for at most KICK_DRAIN_WAIT) and serves them all with one
+#: pass per tenant
+KICK_DRAIN_SECONDS = 0.01
+KICK_DRAIN_WAIT = 0.0005
 
 EventCallback = Callable[[InteractionEvent], Awaitable[None] | None]
 
@@ -275,20 +282,30 @@ class Router:
         await self.bus.publish(KICK_CHANNEL, {"tenant": tenant})
 
     async def enqueue(self, segment: Segment) -> None:
-        """Put a queued segment on its queue's waiting line and nudge the dispatchers."""
+        """Put a queued segment on its queue's waiting line and nudge the dispatchers: one
+        pipelined round trip (waiting line, queue and tenant sets, the dirty mark, the
+        ``queue`` event and the kick)."""
         keys = self.keys(segment.tenant)
         score = segment.queued_at.timestamp()
+        sharded = self.cache.sharded_pubsub
+        queue_event = json.dumps({"kind": "queue", "queue": segment.queue}, separators=(",", ":"))
+        kick = json.dumps({"tenant": segment.tenant}, separators=(",", ":"))
 
         async def op(client: Any) -> None:
             async with client.pipeline(transaction=False) as pipe:
                 pipe.zadd(keys.waiting(segment.queue), {segment.id: score})
                 pipe.sadd(keys.queues, segment.queue)
                 pipe.sadd(self._tenants_key, segment.tenant)
+                pipe.set(keys.dirty, "1")
+                if not sharded:
+                    pipe.publish(self.cache.key(events_channel(segment.tenant)), queue_event)
+                    pipe.publish(self.cache.key(KICK_CHANNEL), kick)
                 await pipe.execute()
 
         await self.cache.call(op)
-        await self._queue_changed(segment.tenant, segment.queue)
-        await self.kick(segment.tenant)
+        if sharded:
+            await self._queue_changed(segment.tenant, segment.queue)
+            await self.bus.publish(KICK_CHANNEL, {"tenant": segment.tenant})
 
     async def start_segment(self, segment: Segment) -> Segment | None:
         """Route a new segment: through its endpoint's strategy when the endpoint names one,
@@ -452,23 +469,14 @@ class Router:
         return made
 
     async def _offer_queue(self, tenant: str, queue: str) -> int:
+        """Offer the queue's waiting interactions (FIFO) to eligible agents.
+
+        Cheap when nobody can take anything: the agents' presence and load are read first
+        (one pipelined round trip) and the waiting line is not even read unless some agent of
+        the queue is ready with spare capacity. The line is then walked in chunks of
+        :data:`LINE_CHUNK` and the walk stops as soon as no agent has room left, so a pass
+        costs O(offers made + skipped), not O(waiting)."""
         keys = self.keys(tenant)
-        waiting = await self.cache.call(lambda c: c.zrange(keys.waiting(queue), 0, -1))
-        if not waiting:
-            return 0
-        segments = await self.repo.segments_by_ids(tenant, waiting)
-        stale = [
-            iid
-            for iid in waiting
-            if iid not in segments
-            or segments[iid].state is not SegmentState.QUEUED
-            or segments[iid].queue != queue
-        ]
-        if stale:
-            await self.cache.call(lambda c: c.zrem(keys.waiting(queue), *stale))
-        line = [segments[iid] for iid in waiting if iid not in stale]
-        if not line:
-            return 0
         config = self.queue_config(tenant, queue)
         if config is None or not config.enabled or queue in (ASYNC_HOLD_QUEUE, UNDELIVERED_QUEUE):
             return 0
@@ -477,7 +485,6 @@ class Router:
             return 0
         names = [a.username.lower() for a in agents]
         capacity = {a.username.lower(): dict(a.agent.capacity) for a in agents if a.agent}
-        medias = sorted({str(s.media) for s in line})
 
         async def snapshot(client: Any) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
@@ -500,77 +507,120 @@ class Router:
             for media in ("chat", "sms", "email"):
                 load[name][media] = int(result[position])
                 position += 1
-        conversations = await self.repo.conversations_by_ids(
-            tenant, list({s.conversation_id for s in line})
-        )
+
+        def room() -> bool:
+            """Some agent is ready with spare capacity for some media (and the queue has
+            capacity left)."""
+            if config.capacity is not None and active >= config.capacity:
+                return False
+            return any(
+                presence.get(n) == READY
+                and any(
+                    load[n].get(m, 0) < int(capacity.get(n, {}).get(m, 0))
+                    for m in ("chat", "sms", "email")
+                )
+                for n in names
+            )
+
+        if not room():
+            return 0
         now = self.clock()
         timeout = float(config.offer_timeout_seconds or self.default_offer_timeout)
         made = 0
-        for segment in line:
-            if config.capacity is not None and active >= config.capacity:
+        start = 0
+        while room():
+            waiting = await self.cache.call(
+                lambda c, a=start: c.zrange(keys.waiting(queue), a, a + LINE_CHUNK - 1)
+            )
+            if not waiting:
                 break
-            media = str(segment.media)
-            if media not in medias:
-                continue
-            conversation = conversations.get(segment.conversation_id)
-            preferred = (
-                conversation.last_agent.lower()
-                if conversation and conversation.last_agent
-                else None
-            )
-            eligible = [
-                n
-                for n in names
-                if presence.get(n) == READY
-                and load[n].get(media, 0) < int(capacity.get(n, {}).get(media, 0))
-                and now - float(segment.declined.get(n, float("-inf"))) >= timeout
+            segments = await self.repo.segments_by_ids(tenant, waiting)
+            stale = [
+                iid
+                for iid in waiting
+                if iid not in segments
+                or segments[iid].state is not SegmentState.QUEUED
+                or segments[iid].queue != queue
             ]
-            agent = await self._choose(
-                keys, queue, config.distribution, eligible, names, preferred, idle, load
+            if stale:
+                await self.cache.call(lambda c, st=stale: c.zrem(keys.waiting(queue), *st))
+            line = [segments[iid] for iid in waiting if iid not in stale]
+            conversations = (
+                await self.repo.conversations_by_ids(
+                    tenant, list({s.conversation_id for s in line})
+                )
+                if line
+                else {}
             )
-            while agent is not None:
-                if await self._reserve(keys, agent, media, segment.id, capacity[agent][media]):
+            chunk_made = 0
+            for segment in line:
+                if config.capacity is not None and active >= config.capacity:
                     break
-                load[agent][media] = int(capacity[agent][media])  # full after all
-                eligible.remove(agent)
+                media = str(segment.media)
+                conversation = conversations.get(segment.conversation_id)
+                preferred = (
+                    conversation.last_agent.lower()
+                    if conversation and conversation.last_agent
+                    else None
+                )
+                eligible = [
+                    n
+                    for n in names
+                    if presence.get(n) == READY
+                    and load[n].get(media, 0) < int(capacity.get(n, {}).get(media, 0))
+                    and now - float(segment.declined.get(n, float("-inf"))) >= timeout
+                ]
                 agent = await self._choose(
-                    keys, queue, config.distribution, eligible, names, None, idle, load
+                    keys, queue, config.distribution, eligible, names, preferred, idle, load
                 )
-            if agent is None:
-                continue
-            offered = await self.repo.transition(
-                tenant,
-                segment.id,
-                expect_states=[SegmentState.QUEUED],
-                values={
-                    "state": "offered",
-                    "offered_to": agent,
-                    "offer_deadline": from_epoch(now + timeout),
-                },
-                queue=queue,
-            )
-            if offered is None:  # another dispatcher (or a transition) got there first
-                await self.cache.call(
-                    lambda c, k=keys.load(agent, media), i=segment.id: c.srem(k, i)
+                while agent is not None:
+                    if await self._reserve(keys, agent, media, segment.id, capacity[agent][media]):
+                        break
+                    load[agent][media] = int(capacity[agent][media])  # full after all
+                    eligible.remove(agent)
+                    agent = await self._choose(
+                        keys, queue, config.distribution, eligible, names, None, idle, load
+                    )
+                if agent is None:
+                    continue
+                offered = await self.repo.transition(
+                    tenant,
+                    segment.id,
+                    expect_states=[SegmentState.QUEUED],
+                    values={
+                        "state": "offered",
+                        "offered_to": agent,
+                        "offer_deadline": from_epoch(now + timeout),
+                    },
+                    queue=queue,
                 )
-                continue
+                if offered is None:  # another dispatcher (or a transition) got there first
+                    await self.cache.call(
+                        lambda c, k=keys.load(agent, media), i=segment.id: c.srem(k, i)
+                    )
+                    continue
 
-            async def commit_offer(
-                client: Any, iid: str = segment.id, at: float = now, who: str = agent
-            ) -> None:
-                async with client.pipeline(transaction=False) as pipe:
-                    pipe.zrem(keys.waiting(queue), iid)
-                    pipe.zadd(keys.offers, {iid: at + timeout})
-                    pipe.sadd(keys.queue_active(queue), iid)
-                    pipe.hset(keys.idle, who, repr(at))
-                    await pipe.execute()
+                async def commit_offer(
+                    client: Any, iid: str = segment.id, at: float = now, who: str = agent
+                ) -> None:
+                    async with client.pipeline(transaction=False) as pipe:
+                        pipe.zrem(keys.waiting(queue), iid)
+                        pipe.zadd(keys.offers, {iid: at + timeout})
+                        pipe.sadd(keys.queue_active(queue), iid)
+                        pipe.hset(keys.idle, who, repr(at))
+                        await pipe.execute()
 
-            await self.cache.call(commit_offer)
-            load[agent][media] += 1
-            idle[agent] = now
-            active += 1
-            made += 1
-            await self._agent_event(tenant, agent, "offer", offered)
+                await self.cache.call(commit_offer)
+                load[agent][media] += 1
+                idle[agent] = now
+                active += 1
+                made += 1
+                chunk_made += 1
+                await self._agent_event(tenant, agent, "offer", offered)
+            if len(waiting) < LINE_CHUNK:
+                break
+            # offered and stale entries left the line: the next chunk starts after the rest
+            start += len(waiting) - len(stale) - chunk_made
         if made:
             await self._queue_changed(tenant, queue)
         return made
@@ -1067,7 +1117,14 @@ class Router:
                     break
                 try:
                     if message is not None:
+                        # coalesce: every kick already waiting is served by this one pass
                         tenants = {json.loads(message.data)["tenant"]}
+                        drain_until = time.monotonic() + KICK_DRAIN_SECONDS
+                        while time.monotonic() < drain_until:
+                            more = await sub.get(timeout=KICK_DRAIN_WAIT)
+                            if more is None:
+                                break
+                            tenants.add(json.loads(more.data)["tenant"])
                     else:
                         tenants = set(
                             await self.cache.call(lambda c: c.smembers(self._tenants_key))

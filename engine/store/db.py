@@ -40,7 +40,7 @@ from databases.core import Connection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.ddl import DDLElement
 
-from engine.store import sqlite_pool
+from engine.store import sqlite_pool, statement_cache
 from engine.store.errors import Conflict, StoreError, StoreUnavailable
 from engine.store.metrics import DbMetrics
 from engine.store.urls import DEFAULT_DB_URL, DatabaseSettings, parse_database_url
@@ -126,6 +126,10 @@ def translate_error(exc: Exception) -> StoreError:
     return StoreError(_describe(exc))
 
 
+async def _keep_session(connection: Any) -> None:
+    """The asyncpg pool's ``reset``: nothing to undo (see :class:`Store`)."""
+
+
 @dataclass(eq=False)
 class _Tx:
     conn: Connection
@@ -177,8 +181,19 @@ class Store:
         self.dialect = self.settings.dialect
         self.pepper = pepper.encode("utf-8") if isinstance(pepper, str) else bytes(pepper)
         self.metrics = DbMetrics(name or self.dialect)
-        self._db = Database(self.settings.driver_url, **self.settings.driver_options)
+        options = dict(self.settings.driver_options)
+        if self.dialect == "postgresql":
+            # asyncpg's default pool reset sends "SELECT pg_advisory_unlock_all(); CLOSE ALL;
+            # UNLISTEN *; RESET ALL" on every release, i.e. one more round trip for every
+            # statement run outside a transaction. The engine keeps no session state (advisory
+            # locks are transaction-scoped, no LISTEN, no SET, no cursors outside a
+            # transaction), and asyncpg still rolls back a transaction left open before
+            # calling this reset.
+            options.setdefault("reset", _keep_session)
+        self._db = Database(self.settings.driver_url, **options)
         self._sqlite_pool = sqlite_pool.install(self._db)
+        #: compiled SQL by statement shape (see :mod:`engine.store.statement_cache`)
+        self.statements = statement_cache.install(self._db)
         self._scope: ContextVar[_Scope | None] = ContextVar(
             f"nexus_store_scope_{id(self):x}", default=None
         )

@@ -5,6 +5,8 @@ outbox rows, stats, and two routers sharing one Redis."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from collections import Counter
 
 import pytest
@@ -364,3 +366,100 @@ async def test_sweep_restores_lost_redis_state(engine: Engine) -> None:
     assert "ghost" in await engine.cache.call(lambda c: c.smembers(keys.load("alice", "sms")))
     await engine.router.sweep(CCID)
     assert "ghost" not in await engine.cache.call(lambda c: c.smembers(keys.load("alice", "sms")))
+
+
+async def test_dispatch_does_not_read_the_line_without_a_ready_agent(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    convs = []
+    for _ in range(5):
+        convs.append(await engine.session())
+        engine.clock.advance(1)  # first come, first served
+    reads: list[int] = []
+    original = engine.router.repo.segments_by_ids
+
+    async def spy(tenant, ids):
+        reads.append(len(ids))
+        return await original(tenant, ids)
+
+    monkeypatch.setattr(engine.router.repo, "segments_by_ids", spy)
+    assert await engine.router.dispatch(CCID) == 0
+    assert reads == []  # nobody ready: the waiting line was not even read
+    await engine.make_ready("alice")
+    assert await engine.router.dispatch(CCID) == 1
+    assert reads  # now it was
+    first = await _open_segment(engine, convs[0].id)
+    assert first.state is SegmentState.OFFERED and first.offered_to == "alice"
+
+
+async def test_dispatch_walks_the_line_in_chunks_in_fifo_order(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.routing import router as router_module
+
+    monkeypatch.setattr(router_module, "LINE_CHUNK", 2)
+    convs = []
+    for _ in range(7):
+        convs.append(await engine.session())
+        engine.clock.advance(1)
+    segs = [await _open_segment(engine, c.id) for c in convs]
+    # the first three were declined by alice just now: she gets later ones, in order
+    for seg in segs[:3]:
+        await engine.store.execute(
+            "UPDATE segments SET declined = :d WHERE id = :i",
+            {"d": json.dumps({"alice": engine.clock()}), "i": seg.id},
+        )
+    reads: list[int] = []
+    original = engine.router.repo.segments_by_ids
+
+    async def spy(tenant, ids):
+        reads.append(len(ids))
+        return await original(tenant, ids)
+
+    monkeypatch.setattr(engine.router.repo, "segments_by_ids", spy)
+    await engine.make_ready("alice")
+    assert await engine.router.dispatch(CCID) == 1
+    assert max(reads) <= 2
+    assert await _offered(engine, "alice") == [segs[3].id]
+    await engine.make_ready("bob")  # bob takes the head of the line
+    assert await engine.router.dispatch(CCID) == 1
+    assert await _offered(engine, "bob") == [segs[0].id]
+
+
+async def test_background_dispatcher_coalesces_kicks(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.routing.live import KICK_CHANNEL
+
+    passes: list[str] = []
+    original = engine.router.dispatch
+
+    async def counting(tenant: str) -> int:
+        passes.append(tenant)
+        return await original(tenant)
+
+    monkeypatch.setattr(engine.router, "dispatch", counting)
+    engine.router.tick = 5.0  # no idle passes during the test
+    engine.router.sweep_interval = 3600.0
+    engine.router._last_sweep = time.monotonic()
+    await engine.router.start()
+    try:
+        await asyncio.sleep(0.05)  # subscribed
+        text = json.dumps({"tenant": CCID})
+
+        async def burst(client):
+            async with client.pipeline(transaction=False) as pipe:
+                for _ in range(50):
+                    pipe.publish(engine.cache.key(KICK_CHANNEL), text)
+                await pipe.execute()
+
+        await engine.cache.call(burst)
+        for _ in range(200):
+            if passes:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert 1 <= len(passes) < 50
+        assert set(passes) == {CCID}
+    finally:
+        await engine.router.stop()
