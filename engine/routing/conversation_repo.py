@@ -85,10 +85,11 @@ class ConversationRepo:
             "user_data": "{}",
             **values,
         }
-        await self.store.execute(sa.insert(conversations).values(**row))
-        found = await self.get_conversation(row["tenant"], row["id"])
+        found = await self.store.fetch_one(
+            sa.insert(conversations).values(**row).returning(*conversations.c)
+        )
         assert found is not None
-        return found
+        return Conversation.from_row(found)
 
     async def get_conversation(self, tenant: str, conversation_id: str) -> Conversation | None:
         row = await self.store.fetch_one(
@@ -110,6 +111,42 @@ class ConversationRepo:
             )
         )
         return None if row is None else Conversation.from_row(row)
+
+    async def inbound_lookup(
+        self, tenant: str, channel_id: str, address: str, provider_message_id: str | None
+    ) -> tuple[str | None, str | None]:
+        """One round trip for an inbound message: ``(id of the message already stored with
+        this provider message id or None, id of the customer's open conversation on the
+        channel or None)``. Neither is locked: the caller re-checks under the lock."""
+        open_conversation = (
+            sa.select(conversations.c.id)
+            .where(
+                conversations.c.tenant == tenant,
+                conversations.c.channel_id == channel_id,
+                conversations.c.customer_address == address,
+                conversations.c.state == "open",
+            )
+            .limit(1)
+            .scalar_subquery()
+        )
+        if provider_message_id:
+            known = (
+                sa.select(messages.c.id)
+                .where(
+                    messages.c.tenant == tenant,
+                    messages.c.provider_message_id == provider_message_id,
+                )
+                .limit(1)
+                .scalar_subquery()
+            )
+        else:
+            known = sa.null()
+        row = await self.store.fetch_one(
+            sa.select(known.label("known"), open_conversation.label("conversation"))
+        )
+        if row is None:
+            return None, None
+        return row["known"], row["conversation"]
 
     async def lock_conversation(
         self, tenant: str, conversation_id: str, reserve: int = 0
@@ -211,7 +248,9 @@ class ConversationRepo:
                     "timestamp": now,
                 }
             )
-        if rows:
+        if len(rows) == 1:  # a single-row INSERT has a cached compiled form
+            await self.store.execute(sa.insert(messages).values(**rows[0]))
+        elif rows:
             await self.store.execute(sa.insert(messages).values(rows))
         return out
 
@@ -380,8 +419,9 @@ class ConversationRepo:
         :class:`engine.store.errors.Conflict` when the conversation already has one."""
         now = self.now()
         segment_id = str(uuid.uuid4())
-        await self.store.execute(
-            sa.insert(segments).values(
+        row = await self.store.fetch_one(
+            sa.insert(segments)
+            .values(
                 id=segment_id,
                 conversation_id=conversation.id,
                 tenant=conversation.tenant,
@@ -393,13 +433,13 @@ class ConversationRepo:
                 declined="{}",
                 attempt=0,
             )
+            .returning(*segments.c)
         )
+        assert row is not None
         event = await self.insert_event(
             InteractionEventType.STARTED, conversation, segment_id, subtype
         )
-        segment = await self.get_segment(conversation.tenant, segment_id)
-        assert segment is not None
-        return segment, event
+        return Segment.from_row(row), event
 
     async def transition(
         self,

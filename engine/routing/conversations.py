@@ -41,6 +41,7 @@ from engine.routing.conversation_models import (
     SYSTEM_PARTICIPANT,
     Conversation,
     ConversationClosed,
+    ConversationError,
     ConversationNotFound,
     Customer,
     FileInfo,
@@ -91,6 +92,8 @@ class Posted:
 
     messages: tuple[Message, ...]
     created: bool
+    #: the conversation as locked by the post (None for an idempotent repeat)
+    conversation: Conversation | None = None
 
 
 class ConversationService:
@@ -272,6 +275,22 @@ class ConversationService:
         except InvalidContact:
             return raw
 
+    def _chat_channel(self, tenant: str, channel_id: str) -> tuple[Any, Any]:
+        """``(channel, endpoint)`` of a chat channel of the tenant, or the typed error."""
+        config = self.tenant_config(tenant)
+        channel = self.model.channel(channel_id)
+        if (
+            channel is None
+            or not channel.is_chat
+            or channel.cxc_only
+            or channel.tenant not in (None, config.name)
+        ):
+            raise InvalidChannel(f"no chat channel {channel_id!r}", field="channelId")
+        endpoint = self.model.endpoint(channel.endpoint or "", config.name)
+        if endpoint is None:
+            raise InvalidEndpoint(f"channel {channel_id} names no endpoint", field="endpoint")
+        return channel, endpoint
+
     async def open_or_get_conversation_for_address(
         self,
         tenant: str,
@@ -286,18 +305,7 @@ class ConversationService:
         """The open conversation of this customer on this channel, created when there is
         none: ``(conversation, created)``. Safe under concurrency (one conversation however
         many first messages race)."""
-        config = self.tenant_config(tenant)
-        channel = self.model.channel(channel_id)
-        if (
-            channel is None
-            or not channel.is_chat
-            or channel.cxc_only
-            or channel.tenant not in (None, config.name)
-        ):
-            raise InvalidChannel(f"no chat channel {channel_id!r}", field="channelId")
-        endpoint = self.model.endpoint(channel.endpoint or "", config.name)
-        if endpoint is None:
-            raise InvalidEndpoint(f"channel {channel_id} names no endpoint", field="endpoint")
+        channel, endpoint = self._chat_channel(tenant, channel_id)
         normalized = self.normalize_address(address)
         existing = await self.repo.open_conversation_by_address(tenant, channel_id, normalized)
         if existing is not None:
@@ -350,19 +358,27 @@ class ConversationService:
         provider_ids: Sequence[str] = (),
         check: Callable[[Conversation, Segment | None], None] | None = None,
         before_append: Callable[[Conversation], Awaitable[None]] | None = None,
+        checked: bool = False,
+        reserve: int = 1,
     ) -> tuple[Posted, Segment | None, bool, InteractionEvent | None]:
         """Store messages in one transaction (allocating their indexes under the
-        conversation's row lock), starting a segment when asked and none is open."""
+        conversation's row lock), starting a segment when asked and none is open.
+
+        The lock statement already reserves ``reserve`` indexes (the number of messages the
+        callers post: one), so the common case needs no second ``UPDATE``; a different
+        count is corrected under the same lock, and a rollback releases them all.
+        ``checked``: the caller has just looked the provider ids up (skip that on the first
+        attempt; the unique index still catches a concurrent duplicate)."""
         self.tenant_config(tenant)
-        for _ in range(_RETRIES):
-            if provider_ids:
+        for attempt in range(_RETRIES):
+            if provider_ids and not (checked and attempt == 0):
                 known = await self.repo.messages_by_provider_ids(tenant, provider_ids)
                 if len(known) == len(provider_ids):
                     ordered = tuple(known[p] for p in provider_ids)
                     return Posted(ordered, False), None, False, None
             try:
                 async with self.store.transaction():
-                    current = await self._locked(tenant, conversation_id, 0)
+                    current = await self._locked(tenant, conversation_id, reserve)
                     if not current.is_open:
                         raise ConversationClosed(f"session {conversation_id} is closed")
                     segment = await self.repo.open_segment(conversation_id)
@@ -390,11 +406,15 @@ class ConversationService:
                     items = list(drafts(current, segment))
                     if before_append is not None:
                         await before_append(current)
-                    conversation = await self._locked(tenant, conversation_id, len(items))
+                    conversation = current
+                    if len(items) != reserve:
+                        conversation = await self._locked(
+                            tenant, conversation_id, len(items) - reserve
+                        )
                     messages = await self.repo.append(conversation, items)
             except Conflict:
                 continue  # a concurrent duplicate provider id or segment: look again
-            return Posted(tuple(messages), True), segment, started, event
+            return Posted(tuple(messages), True, conversation), segment, started, event
         raise Conflict(f"could not store the message in {conversation_id}")
 
     async def _after(
@@ -414,7 +434,7 @@ class ConversationService:
         if segment is None:
             return
         if started:
-            await self.router.start_segment(segment)
+            await self.router.start_segment(segment, conversation=posted.conversation)
         elif wake and segment.state is SegmentState.HELD:
             await self.router.wake(segment.tenant, segment.id)
 
@@ -491,7 +511,28 @@ class ConversationService:
     ) -> tuple[Conversation, Message, bool]:
         """Ingest one inbound SMS/messaging-app message: the customer's open conversation
         on the channel (created if needed) gets the message. Returns ``(conversation,
-        message, created)``; ``created`` is False for a provider message id seen before."""
+        message, created)``; ``created`` is False for a provider message id seen before.
+
+        The usual case costs one lookup (the stored message of the provider id and the open
+        conversation, in one statement) and one transaction (lock + reserve, open segment,
+        insert); the unique indexes keep a concurrent duplicate or a concurrent first
+        message of the same sender from doing anything twice."""
+        try:
+            self._chat_channel(tenant, channel_id)
+            normalized: str | None = self.normalize_address(address)
+        except ConversationError:
+            normalized = None  # the full path below raises the right error in order
+        if normalized is not None:
+            known_id, conversation_id = await self.repo.inbound_lookup(
+                tenant, channel_id, normalized, provider_message_id
+            )
+            if known_id is None:
+                body = self._text(text, MessageType.TEXT)
+                return await self._post_inbound(
+                    tenant, channel_id, address, body, conversation_id,
+                    provider_message_id=provider_message_id, nickname=nickname,
+                    first_name=first_name, last_name=last_name,
+                )
         if provider_message_id:
             known = await self.repo.messages_by_provider_ids(tenant, [provider_message_id])
             if provider_message_id in known:
@@ -499,6 +540,27 @@ class ConversationService:
                 conversation = await self.get_conversation(tenant, message.conversation_id)
                 return conversation, message, False
         body = self._text(text, MessageType.TEXT)
+        return await self._post_inbound(
+            tenant, channel_id, address, body, None, provider_message_id=provider_message_id,
+            nickname=nickname, first_name=first_name, last_name=last_name, checked=True,
+        )
+
+    async def _post_inbound(
+        self,
+        tenant: str,
+        channel_id: str,
+        address: str,
+        body: str | None,
+        conversation_id: str | None,
+        *,
+        provider_message_id: str | None,
+        nickname: str | None,
+        first_name: str | None,
+        last_name: str | None,
+        checked: bool = True,
+    ) -> tuple[Conversation, Message, bool]:
+        """Post into ``conversation_id`` (the customer's open conversation as just looked
+        up) or into the one :meth:`open_or_get_conversation_for_address` gives."""
 
         def drafts(conv: Conversation, segment: Segment | None) -> list[Draft]:
             return [
@@ -513,27 +575,38 @@ class ConversationService:
                 )
             ]
 
-        for _ in range(_RETRIES):
-            conversation, _created = await self.open_or_get_conversation_for_address(
-                tenant,
-                channel_id,
-                address,
-                nickname=nickname,
-                first_name=first_name,
-                last_name=last_name,
-            )
+        for attempt in range(_RETRIES):
+            conversation: Conversation | None = None
+            if conversation_id is None or attempt > 0:
+                conversation, _created = await self.open_or_get_conversation_for_address(
+                    tenant,
+                    channel_id,
+                    address,
+                    nickname=nickname,
+                    first_name=first_name,
+                    last_name=last_name,
+                )
+                conversation_id = conversation.id
             try:
                 result = await self._post(
                     tenant,
-                    conversation.id,
+                    conversation_id,
                     drafts,
                     start_segment=True,
                     provider_ids=[provider_message_id] if provider_message_id else (),
+                    checked=checked and attempt == 0,
                 )
             except ConversationClosed:
                 continue  # closed (Done) meanwhile: the next message opens a new one
             await self._after(*result, wake=True)
-            return conversation, result[0].messages[0], result[0].created
+            posted = result[0]
+            if posted.conversation is not None:
+                conversation = posted.conversation
+            elif conversation is None or conversation.id != posted.messages[0].conversation_id:
+                conversation = await self.get_conversation(
+                    tenant, posted.messages[0].conversation_id
+                )
+            return conversation, posted.messages[0], posted.created
         raise ConversationClosed(f"could not deliver to a conversation on {channel_id}")
 
     def _agent_check(self, agent: str) -> Callable[[Conversation, Segment | None], None]:

@@ -307,15 +307,23 @@ class Router:
             await self._queue_changed(segment.tenant, segment.queue)
             await self.bus.publish(KICK_CHANNEL, {"tenant": segment.tenant})
 
-    async def start_segment(self, segment: Segment) -> Segment | None:
+    async def start_segment(
+        self, segment: Segment, *, conversation: Any = None
+    ) -> Segment | None:
         """Route a new segment: through its endpoint's strategy when the endpoint names one,
-        else straight onto its queue. Returns the segment as it ends up (None if gone)."""
-        conversation = await self.repo.get_conversation(segment.tenant, segment.conversation_id)
+        else straight onto its queue. Returns the segment as it ends up (None if gone).
+        ``conversation``: the segment's conversation when the caller has it (saves a read)."""
+        if conversation is None or conversation.id != segment.conversation_id:
+            conversation = await self.repo.get_conversation(
+                segment.tenant, segment.conversation_id
+            )
         if conversation is None:
             raise ConversationNotFound(f"no conversation {segment.conversation_id!r}")
         endpoint = self.model.endpoint(conversation.endpoint, self.tenant_name(segment.tenant))
         if endpoint is not None and endpoint.strategy:
-            return await self._decide(segment, endpoint.strategy, SegmentState.QUEUED)
+            return await self._decide(
+                segment, endpoint.strategy, SegmentState.QUEUED, conversation=conversation
+            )
         await self.enqueue(segment)
         return segment
 
@@ -346,12 +354,20 @@ class Router:
             return segment
         endpoint = self.model.endpoint(conversation.endpoint, self.tenant_name(tenant))
         strategy = (endpoint.strategy if endpoint else None) or DEFAULT_WAKE_STRATEGY
-        return await self._decide(segment, strategy, SegmentState.HELD)
+        return await self._decide(segment, strategy, SegmentState.HELD, conversation=conversation)
 
     async def _decide(
-        self, segment: Segment, strategy: str, from_state: SegmentState
+        self,
+        segment: Segment,
+        strategy: str,
+        from_state: SegmentState,
+        *,
+        conversation: Any = None,
     ) -> Segment | None:
-        conversation = await self.repo.get_conversation(segment.tenant, segment.conversation_id)
+        if conversation is None:
+            conversation = await self.repo.get_conversation(
+                segment.tenant, segment.conversation_id
+            )
         assert conversation is not None
         try:
             raw = await self.decider.decide(strategy, self._info(segment, conversation))
