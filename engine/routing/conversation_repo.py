@@ -64,10 +64,81 @@ class Draft:
     status: MessageStatus | None = None
 
 
+_OPEN_STATES_SQL = ", ".join(f"'{state}'" for state in OPEN_SEGMENT_STATES)
+
+#: PostgreSQL: read the open segment of a conversation and insert one message into it, in one
+#: statement (one round trip). Run it *after* the conversation's row lock is taken (in the same
+#: transaction): under READ COMMITTED the statement's snapshot then already sees every change
+#: made under that lock (a new or ended segment), exactly like a separate SELECT would.
+#: Without an open segment nothing is inserted and no row is returned.
+_APPEND_TO_OPEN_SEGMENT = sa.text(
+    "WITH s AS (SELECT * FROM segments WHERE conversation_id = :cid "
+    f"AND state IN ({_OPEN_STATES_SQL}) LIMIT 1), "
+    "m AS (INSERT INTO messages (conversation_id, idx, id, tenant, type, text, "
+    "from_participant_id, from_nickname, from_type, segment_id, file_id, "
+    "provider_message_id, status, timestamp) "
+    "SELECT :cid, CAST(:idx AS INTEGER), :id, :tenant, :type, CAST(:text AS TEXT), :fpid, "
+    "CAST(:fnick AS TEXT), :ftype, s.id, CAST(:file_id AS TEXT), CAST(:pmid AS TEXT), "
+    "CAST(:status AS TEXT), CAST(:ts AS TIMESTAMPTZ) FROM s RETURNING idx) "
+    "SELECT s.* FROM s"
+)
+
+
 class ConversationRepo:
     def __init__(self, store: Store, clock: Callable[[], float]) -> None:
         self.store = store
         self.clock = clock
+
+    @property
+    def combined_append(self) -> bool:
+        """True when :meth:`append_to_open_segment` is available (PostgreSQL)."""
+        return self.store.dialect == "postgresql"
+
+    async def append_to_open_segment(
+        self, conversation: Conversation, draft: Draft
+    ) -> tuple[Segment, Message] | None:
+        """PostgreSQL only: insert ``draft`` (its ``segment_id`` is taken from the open
+        segment) at the index reserved by :meth:`lock_conversation` (``reserve=1``), in one
+        round trip with reading the open segment. None, with nothing inserted, when the
+        conversation has no open segment."""
+        now = self.now()
+        message_id = str(uuid.uuid4())
+        row = await self.store.fetch_one(
+            _APPEND_TO_OPEN_SEGMENT.bindparams(
+                cid=conversation.id,
+                idx=conversation.last_index,
+                id=message_id,
+                tenant=conversation.tenant,
+                type=str(draft.type),
+                text=draft.text,
+                fpid=draft.from_participant_id,
+                fnick=draft.from_nickname,
+                ftype=str(draft.from_type),
+                file_id=draft.file_id,
+                pmid=draft.provider_message_id,
+                status=None if draft.status is None else str(draft.status),
+                ts=now,
+            )
+        )
+        if row is None:
+            return None
+        segment = Segment.from_row(row)
+        message = Message(
+            conversation_id=conversation.id,
+            index=conversation.last_index,
+            id=message_id,
+            type=draft.type,
+            text=draft.text,
+            from_participant_id=draft.from_participant_id,
+            from_nickname=draft.from_nickname,
+            from_type=draft.from_type,
+            timestamp=now,
+            segment_id=segment.id,
+            file_id=draft.file_id,
+            provider_message_id=draft.provider_message_id,
+            status=draft.status,
+        )
+        return segment, message
 
     def now(self) -> datetime:
         return from_epoch(self.clock())

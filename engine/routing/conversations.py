@@ -360,6 +360,7 @@ class ConversationService:
         before_append: Callable[[Conversation], Awaitable[None]] | None = None,
         checked: bool = False,
         reserve: int = 1,
+        into_open_segment: bool = False,
     ) -> tuple[Posted, Segment | None, bool, InteractionEvent | None]:
         """Store messages in one transaction (allocating their indexes under the
         conversation's row lock), starting a segment when asked and none is open.
@@ -368,8 +369,18 @@ class ConversationService:
         callers post: one), so the common case needs no second ``UPDATE``; a different
         count is corrected under the same lock, and a rollback releases them all.
         ``checked``: the caller has just looked the provider ids up (skip that on the first
-        attempt; the unique index still catches a concurrent duplicate)."""
+        attempt; the unique index still catches a concurrent duplicate).
+        ``into_open_segment``: ``drafts`` gives one message whose segment is just the open
+        one (customer messages): on PostgreSQL reading the open segment and inserting the
+        message is then one statement under the lock."""
         self.tenant_config(tenant)
+        combined = (
+            into_open_segment
+            and reserve == 1
+            and check is None
+            and before_append is None
+            and self.repo.combined_append
+        )
         for attempt in range(_RETRIES):
             if provider_ids and not (checked and attempt == 0):
                 known = await self.repo.messages_by_provider_ids(tenant, provider_ids)
@@ -381,7 +392,16 @@ class ConversationService:
                     current = await self._locked(tenant, conversation_id, reserve)
                     if not current.is_open:
                         raise ConversationClosed(f"session {conversation_id} is closed")
-                    segment = await self.repo.open_segment(conversation_id)
+                    if combined:
+                        (draft,) = drafts(current, None)
+                        done = await self.repo.append_to_open_segment(current, draft)
+                        if done is not None:
+                            segment, message = done
+                            posted = Posted((message,), True, current)
+                            return posted, segment, False, None
+                        segment = None  # none open: the general path below
+                    else:
+                        segment = await self.repo.open_segment(conversation_id)
                     if check is not None:
                         check(current, segment)
                     started, event = False, None
@@ -493,6 +513,7 @@ class ConversationService:
             drafts,
             start_segment=True,
             provider_ids=[provider_message_id] if provider_message_id else (),
+            into_open_segment=True,
         )
         await self._after(*result, wake=True)
         return result[0].messages[0]
@@ -595,6 +616,7 @@ class ConversationService:
                     start_segment=True,
                     provider_ids=[provider_message_id] if provider_message_id else (),
                     checked=checked and attempt == 0,
+                    into_open_segment=True,
                 )
             except ConversationClosed:
                 continue  # closed (Done) meanwhile: the next message opens a new one

@@ -254,3 +254,47 @@ async def test_customer_leave_keeps_session_open(engine: Engine) -> None:
     del closed
     with pytest.raises(ConversationClosed):
         await engine.service.post_customer_message(CCID, conv.id, "too late")
+
+
+async def test_customer_message_into_the_open_segment_in_one_statement(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL reads the open segment and inserts a customer message in one statement;
+    SQLite uses separate ones. Either way the message belongs to the open segment, indexes
+    stay gapless, a duplicate provider id stores nothing, and without an open segment a new
+    one is started."""
+    calls: list[int | None] = []
+    original = engine.service.repo.append_to_open_segment
+
+    async def spy(conversation, draft):
+        result = await original(conversation, draft)
+        calls.append(None if result is None else conversation.last_index)
+        return result
+
+    monkeypatch.setattr(engine.service.repo, "append_to_open_segment", spy)
+    conv = await engine.session()
+    segment = await engine.service.open_segment(CCID, conv.id)
+    assert segment is not None
+    first = await engine.service.post_customer_message(CCID, conv.id, "one")
+    second = await engine.service.post_customer_message(
+        CCID, conv.id, "two", provider_message_id="p-2"
+    )
+    again = await engine.service.post_customer_message(
+        CCID, conv.id, "two again", provider_message_id="p-2"
+    )
+    assert again == second
+    assert (first.index, second.index) == (2, 3)
+    assert first.segment_id == second.segment_id == segment.id
+    if engine.store.dialect == "postgresql":
+        assert calls == [2, 3]  # (the repeat was answered before any write)
+    else:
+        assert calls == []
+    # no open segment: the message starts a new one (and keeps the index sequence)
+    await engine.router.end(CCID, segment.id, reason="test")
+    third = await engine.service.post_customer_message(CCID, conv.id, "three")
+    new_segment = await engine.service.open_segment(CCID, conv.id)
+    assert new_segment is not None and new_segment.id != segment.id
+    assert third.segment_id == new_segment.id
+    stored = await engine.service.read_messages(CCID, conv.id)
+    assert [m.index for m in stored] == list(range(1, len(stored) + 1))
+    assert [m.text for m in stored if m.type is MessageType.TEXT] == ["one", "two", "three"]
