@@ -170,8 +170,9 @@ class InboundService:
                     return seen[5:]
         except CacheError:
             pass  # the durable path is idempotent on its own
+        marked: list[bool] = []
         try:
-            result = await self._process(tenant, item)
+            result = await self._process(tenant, item, key, marked)
         except BaseException:
             try:
                 if await self.cache.get(key) == "pending":
@@ -179,13 +180,16 @@ class InboundService:
             except CacheError:
                 pass
             raise
+        if marked:  # the conversation engine wrote it with its publish (after the commit)
+            return result
         try:
             await self.cache.set(key, f"done:{result}", ttl=IDEMPOTENCY_TTL)
         except CacheError:
             pass
         return result
 
-    async def _process(self, tenant: Tenant, item: Inbound) -> str:
+    async def _process(self, tenant: Tenant, item: Inbound, key: str | None = None,
+                       marked: list[bool] | None = None) -> str:
         if isinstance(item, Receipt):
             await self.outbound.apply_receipt(tenant.ccid, item.ref_id, item.status,
                                               item.error_code or item.provider_status)
@@ -204,11 +208,14 @@ class InboundService:
         service = self._conversations()
         if service is None:
             raise RuntimeError("the conversation engine is not running in this process")
-        _, message, _ = await service.post_inbound(
+        _, message, created = await service.post_inbound(
             tenant.ccid, item.channel_id, item.sender.id, text,
             provider_message_id=item.provider_message_id, nickname=item.sender.nickname,
             first_name=item.sender.first_name, last_name=item.sender.last_name,
+            mark=None if key is None else (key, IDEMPOTENCY_TTL),
         )
+        if created and key is not None and marked is not None:
+            marked.append(True)
         return str(message.id)
 
     async def _text(self, tenant: Tenant, item: InboundMessage) -> str:

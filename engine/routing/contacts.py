@@ -183,8 +183,9 @@ class ContactDirectory:
         by_phone = await self._live_by(tenant, "phone", data.phone)
         if by_email is None and by_phone is None:
             contact_id = str(uuid.uuid4())
-            await self.store.execute(
-                sa.insert(contacts).values(
+            row = await self.store.fetch_one(
+                sa.insert(contacts)
+                .values(
                     id=contact_id,
                     tenant=tenant,
                     first_name=data.first_name,
@@ -195,10 +196,10 @@ class ContactDirectory:
                     created=now,
                     updated=now,
                 )
+                .returning(*contacts.c)
             )
-            found = await self.get(tenant, contact_id)
-            assert found is not None
-            return found
+            assert row is not None
+            return Contact.from_row(row)
         if by_email is not None and by_phone is not None and by_email.id != by_phone.id:
             survivor = await self._merge(tenant, by_email, by_phone)
         else:

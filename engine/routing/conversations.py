@@ -305,11 +305,34 @@ class ConversationService:
         """The open conversation of this customer on this channel, created when there is
         none: ``(conversation, created)``. Safe under concurrency (one conversation however
         many first messages race)."""
+        return await self._open_or_get(
+            tenant, channel_id, address, nickname=nickname, first_name=first_name,
+            last_name=last_name, user_data=user_data, looked_up=False,
+        )
+
+    async def _open_or_get(
+        self,
+        tenant: str,
+        channel_id: str,
+        address: str,
+        *,
+        nickname: str | None,
+        first_name: str | None,
+        last_name: str | None,
+        user_data: Mapping[str, Any] | None,
+        looked_up: bool,
+    ) -> tuple[Conversation, bool]:
+        """:meth:`open_or_get_conversation_for_address`; ``looked_up``: the caller has just
+        found no open conversation (skip the first lookup: the insert's unique index is the
+        guarantee, a losing insert reads the winner's row)."""
         channel, endpoint = self._chat_channel(tenant, channel_id)
         normalized = self.normalize_address(address)
-        existing = await self.repo.open_conversation_by_address(tenant, channel_id, normalized)
-        if existing is not None:
-            return existing, False
+        if not looked_up:
+            existing = await self.repo.open_conversation_by_address(
+                tenant, channel_id, normalized
+            )
+            if existing is not None:
+                return existing, False
         phone = normalized if normalized.startswith("+") else None
         data = self.contacts.parse(
             first_name=first_name, last_name=last_name, nickname=nickname, phone=phone
@@ -445,10 +468,15 @@ class ConversationService:
         event: InteractionEvent | None,
         *,
         wake: bool,
+        mark: tuple[str, float] | None = None,
     ) -> None:
         if not posted.created:
             return
-        await self.router.publish_messages(segment, posted.messages)
+        if mark is not None:  # "done:<id>" in the caller's idempotency key, same round trip
+            sets = ((mark[0], f"done:{posted.messages[0].id}", mark[1]),)
+            await self.router.publish_messages(segment, posted.messages, sets=sets)
+        else:
+            await self.router.publish_messages(segment, posted.messages)
         if event is not None:
             await self.router.emit([event])
         if segment is None:
@@ -529,10 +557,14 @@ class ConversationService:
         nickname: str | None = None,
         first_name: str | None = None,
         last_name: str | None = None,
+        mark: tuple[str, float] | None = None,
     ) -> tuple[Conversation, Message, bool]:
         """Ingest one inbound SMS/messaging-app message: the customer's open conversation
         on the channel (created if needed) gets the message. Returns ``(conversation,
         message, created)``; ``created`` is False for a provider message id seen before.
+        ``mark=(cache key, ttl)``: when the message is new, that key (unprefixed, as for
+        :meth:`Cache.set`) gets ``done:<message id>`` in the publish's pipeline, after the
+        commit (the caller's idempotency marker, without a round trip of its own).
 
         The usual case costs one lookup (the stored message of the provider id and the open
         conversation, in one statement) and one transaction (lock + reserve, open segment,
@@ -552,7 +584,7 @@ class ConversationService:
                 return await self._post_inbound(
                     tenant, channel_id, address, body, conversation_id,
                     provider_message_id=provider_message_id, nickname=nickname,
-                    first_name=first_name, last_name=last_name,
+                    first_name=first_name, last_name=last_name, looked_up=True, mark=mark,
                 )
         if provider_message_id:
             known = await self.repo.messages_by_provider_ids(tenant, [provider_message_id])
@@ -564,6 +596,7 @@ class ConversationService:
         return await self._post_inbound(
             tenant, channel_id, address, body, None, provider_message_id=provider_message_id,
             nickname=nickname, first_name=first_name, last_name=last_name, checked=True,
+            mark=mark,
         )
 
     async def _post_inbound(
@@ -579,6 +612,8 @@ class ConversationService:
         first_name: str | None,
         last_name: str | None,
         checked: bool = True,
+        looked_up: bool = False,
+        mark: tuple[str, float] | None = None,
     ) -> tuple[Conversation, Message, bool]:
         """Post into ``conversation_id`` (the customer's open conversation as just looked
         up) or into the one :meth:`open_or_get_conversation_for_address` gives."""
@@ -599,13 +634,15 @@ class ConversationService:
         for attempt in range(_RETRIES):
             conversation: Conversation | None = None
             if conversation_id is None or attempt > 0:
-                conversation, _created = await self.open_or_get_conversation_for_address(
+                conversation, _created = await self._open_or_get(
                     tenant,
                     channel_id,
                     address,
                     nickname=nickname,
                     first_name=first_name,
                     last_name=last_name,
+                    user_data=None,
+                    looked_up=attempt == 0 and looked_up,
                 )
                 conversation_id = conversation.id
             try:
@@ -620,7 +657,7 @@ class ConversationService:
                 )
             except ConversationClosed:
                 continue  # closed (Done) meanwhile: the next message opens a new one
-            await self._after(*result, wake=True)
+            await self._after(*result, wake=True, mark=mark)
             posted = result[0]
             if posted.conversation is not None:
                 conversation = posted.conversation

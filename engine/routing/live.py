@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from engine.store.cache import Cache
@@ -118,13 +118,26 @@ class LiveBus:
             return False
         return True
 
-    async def publish_many(self, items: list[tuple[str, Mapping[str, Any]]]) -> None:
-        """Publish several payloads in one pipeline round trip (in order)."""
-        if not items:
+    async def publish_many(
+        self,
+        items: list[tuple[str, Mapping[str, Any]]],
+        *,
+        sets: Sequence[tuple[str, str, float]] = (),
+    ) -> None:
+        """Publish several payloads in one pipeline round trip (in order), together with
+        ``sets`` (``(key, value, ttl seconds)``, keys unprefixed). Never raises."""
+        if not items and not sets:
             return
-        if len(items) == 1 or self.cache.sharded_pubsub:
+        if self.cache.sharded_pubsub or self.cache.settings.kind == "cluster" or (
+            len(items) == 1 and not sets
+        ):
             for channel, payload in items:
                 await self.publish(channel, payload)
+            for key, value, ttl in sets:
+                try:
+                    await self.cache.set(key, value, ttl=ttl)
+                except (CacheError, OSError) as exc:
+                    log.warning("setting %s failed: %s", key, exc)
             return
         texts = [
             (self.cache.key(ch), json.dumps(p, separators=(",", ":"), default=str))
@@ -135,6 +148,8 @@ class LiveBus:
             async with client.pipeline(transaction=False) as pipe:
                 for channel, text in texts:
                     pipe.publish(channel, text)
+                for key, value, ttl in sets:
+                    pipe.set(self.cache.key(key), value, px=max(1, int(ttl * 1000)))
                 await pipe.execute()
 
         try:

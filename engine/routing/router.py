@@ -212,16 +212,26 @@ class Router:
                 except Exception:  # noqa: BLE001 - a listener must not break routing
                     log.exception("interaction event listener failed")
 
-    async def publish_messages(self, segment: Segment | None, messages: Sequence[Message]) -> None:
+    async def publish_messages(
+        self,
+        segment: Segment | None,
+        messages: Sequence[Message],
+        *,
+        sets: Sequence[tuple[str, str, float]] = (),
+    ) -> None:
         """Fan out stored (or live-only) messages: the conversation channel, and the feed of
-        the agent the interaction is assigned to."""
+        the agent the interaction is assigned to. ``sets``: ``(key, value, ttl seconds)``
+        cache entries written in the same round trip (best effort, like the publish)."""
         items: list[tuple[str, dict[str, Any]]] = []
         for message in messages:
             payload = {"kind": "message", "message": message.as_dict()}
             items.append((conversation_channel(message.conversation_id), payload))
             if segment is not None and segment.agent and segment.state is SegmentState.ASSIGNED:
                 items.append((agent_channel(segment.tenant, segment.agent), payload))
-        await self.bus.publish_many(items)
+        if sets:
+            await self.bus.publish_many(items, sets=sets)
+        else:
+            await self.bus.publish_many(items)
 
     async def _agent_event(self, tenant: str, agent: str, kind: str, segment: Segment) -> None:
         await self.bus.publish(

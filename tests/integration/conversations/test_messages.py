@@ -298,3 +298,20 @@ async def test_customer_message_into_the_open_segment_in_one_statement(
     stored = await engine.service.read_messages(CCID, conv.id)
     assert [m.index for m in stored] == list(range(1, len(stored) + 1))
     assert [m.text for m in stored if m.type is MessageType.TEXT] == ["one", "two", "three"]
+
+
+async def test_post_inbound_mark_is_written_with_the_publish(engine: Engine) -> None:
+    conv, message, created = await engine.service.post_inbound(
+        CCID, SMS_CHANNEL, "+16505550123", "hello", provider_message_id="pm-mark",
+        mark=("inb:test:pm-mark", 60.0),
+    )
+    assert created
+    assert await engine.cache.get("inb:test:pm-mark") == f"done:{message.id}"
+    # a repeat is answered from the store and leaves the marker to the caller
+    await engine.cache.delete("inb:test:pm-mark")
+    _, again, created = await engine.service.post_inbound(
+        CCID, SMS_CHANNEL, "+16505550123", "hello", provider_message_id="pm-mark",
+        mark=("inb:test:pm-mark", 60.0),
+    )
+    assert not created and again.id == message.id
+    assert await engine.cache.get("inb:test:pm-mark") is None
