@@ -9,11 +9,17 @@ database and the real Redis under a unique key prefix, with the sample config pl
 tests' additions (tests/integration/chat/conftest.py: a chat key with a high rate limit, a
 second agent). Both are removed afterwards.
 
-1. Relay: the agents ``alice`` and ``bob`` (chat capacity 3 each) get ready and open their
-   agent WebSockets; six customers open chats (widget form POSTs) that are accepted, one per
-   agent slot. Then the customers send Text messages (form POSTs) paced at ``--rate`` per
-   second in total for ``--seconds``; each message's latency is the time from the start of its
-   POST until the agent's WebSocket delivers it. Prints count, p50, p90, p99 and max.
+1. Relay: ``--agents`` agents (``alice``, ``bob`` and ``load01``..., chat capacity 3 each like
+   the config's agents) get ready; a listener process holds their agent WebSockets; customers,
+   one per agent slot and at most 50 (the sms-support queue's capacity), open chats (widget
+   form POSTs) that are accepted. Then ``--senders`` processes (bench/_httpload.py: a minimal
+   asyncio HTTP/1.1 keep-alive client, so the load side stays cheap) send the customers' Text
+   messages (form POSTs ``data[type]=Text&data[text]=...`` to ``{selfUri}/messages`` with
+   ``x-api-key`` and ``x-nexus-client-key``) paced at ``--rate`` per second in total for
+   ``--seconds``; each text carries its send time (CLOCK_MONOTONIC), taken just before the
+   POST, and the listener computes the latency when the agent's WebSocket delivers it. Prints
+   count, p50, p90, p99, max, errors, and the CPU (% of one core) of the engine's processes
+   (/proc/<pid>/stat) and of the load processes.
 2. Memory: ``--sessions`` chats are created through the API (50 in flight) and left open;
    prints the summed RSS (``/proc/<pid>/status`` VmRSS) of the engine's processes (main and
    workers) before and after.
@@ -26,17 +32,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import _httpload  # noqa: E402
 
 from tests.integration.chat.clients import AgentClient, WidgetClient  # noqa: E402
 from tests.integration.chat.conftest import T1001, chat_config  # noqa: E402
@@ -66,105 +77,141 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-async def relay(api: str, env: dict[str, str], seconds: float, rate: float) -> dict[str, Any]:
+def engine_pids(pid: int) -> list[int]:
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            pids += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
+def cpu_ticks(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[p] = int(fields[11]) + int(fields[12])  # utime + stime
+    return out
+
+
+def extra_agents(config: Path, count: int) -> list[str]:
+    """``count`` more agents like alice and bob (queue sms-support, chat capacity 3)."""
+    names = [f"load{n:02d}" for n in range(1, count + 1)]
+    docs = [f"""\
+apiVersion: nexus/v1
+kind: User
+name: {name}
+tenant: t1001
+spec:
+  username: {name}
+  firstName: Load{n}
+  lastName: Agent
+  employeeId: '{2000 + n}'
+  roles: [agent]
+  password: ${{env:T1001_{name.upper()}_PASSWORD}}
+  agent:
+    queues: [sms-support]
+    capacity:
+      chat: 3
+      sms: 3
+      email: 0
+""" for n, name in enumerate(names, 1)]
+    (config / "bench-agents.yaml").write_text("---\n".join(docs))
+    return names
+
+
+async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
+                agent_names: list[str], senders: int, engine_pid: int) -> dict[str, Any]:
     key = env["T1001_WIDGET_LOAD_KEY"]
     agents = [AgentClient(api, T1001, name, env[f"T1001_{name.upper()}_PASSWORD"])
-              for name in ("alice", "bob")]
+              for name in agent_names]
     for agent in agents:
         await agent.login()
         await agent.presence("ready")
-    received: dict[str, float] = {}
-    waiters: dict[str, asyncio.Future[float]] = {}
+    ctx = mp.get_context("spawn")
+    listen_conn, child = ctx.Pipe()
+    root = api.replace("http://", "ws://", 1)
+    urls = [f"{root}/nexus/v3/agent/stream?{urlencode({'access_token': a.access_token})}"
+            for a in agents]
+    listener = ctx.Process(target=_httpload.listener, args=(child, urls), daemon=True)
+    listener.start()
+    if not listen_conn.poll(60):
+        raise RuntimeError("the listener did not start")
+    assert listen_conn.recv() == "ready"
 
-    async def listen(ws: Any) -> None:
-        async for raw in ws:
-            event = json.loads(raw)
-            if event.get("kind") != "message":
-                continue
-            text = event["message"].get("text") or ""
-            if text.startswith("bench-"):
-                now = time.perf_counter()
-                received[text] = now
-                future = waiters.pop(text, None)
-                if future is not None and not future.done():
-                    future.set_result(now)
-
-    sockets = [await agent.stream().__aenter__() for agent in agents]
-    listeners = [asyncio.create_task(listen(ws)) for ws in sockets]
     customers: list[WidgetClient] = []
-    for n in range(6):
+    # one per agent chat slot (capacity 3), at most the queue sms-support's capacity (50)
+    for n in range(min(3 * len(agents), 50)):
         widget = WidgetClient(api, key)
         await widget.create(firstName=f"Bench{n}", endpoint="SMS_Main")
         customers.append(widget)
-    for widget in customers:  # accept every offer (3 per agent)
-        for _ in range(200):
-            offered = [(agent, item) for agent in agents for item in await agent.interactions()
-                       if item["conversationId"] == widget.session_id
-                       and item["state"] == "offered"]
-            if offered:
-                agent, item = offered[0]
-                await agent.act(item["id"], "accept")
-                break
-            await asyncio.sleep(0.05)
-        else:
-            raise RuntimeError(f"{widget.session_id} was never offered")
-
-    latencies: list[float] = []
-    errors = 0
-    total = int(seconds * rate)
-
-    async def send(i: int) -> None:
-        nonlocal errors
-        widget = customers[i % len(customers)]
-        text = f"bench-{i}"
-        loop = asyncio.get_running_loop()
-        waiters[text] = loop.create_future()
-        start = time.perf_counter()
-        try:
-            resp = await widget.send_raw(text)
-        except httpx.HTTPError:
-            errors += 1
-            waiters.pop(text, None)
-            return
-        if resp.status_code != 200:
-            errors += 1
-            waiters.pop(text, None)
-            return
-        if text in received:
-            arrived = received[text]
-        else:
-            try:
-                arrived = await asyncio.wait_for(waiters[text], 10)
-            except (TimeoutError, KeyError):
-                errors += 1
-                return
-        latencies.append(arrived - start)
-
-    began = time.perf_counter()
-    tasks = []
-    for i in range(total):
-        due = began + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(send(i)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - began
-    for task in listeners:
-        task.cancel()
-    for ws in sockets:
-        await ws.close()
+    pending = {w.session_id for w in customers}
+    for _ in range(400):  # accept every offer
+        for agent in agents:
+            for item in await agent.interactions():
+                if item["conversationId"] in pending and item["state"] == "offered":
+                    await agent.act(item["id"], "accept")
+                    pending.discard(item["conversationId"])
+        if not pending:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError(f"{len(pending)} sessions were never offered")
     for widget in customers:
         await widget.http.aclose()
+
+    host, port = api.removeprefix("http://").split(":")
+    total = int(seconds * rate)
+    procs, conns = [], []
+    for index in range(senders):
+        share = [(w.self_uri, w.token) for w in customers[index::senders]]
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_httpload.sender, daemon=True,
+                           args=(child, index, senders, host, int(port), key, share, rate))
+        proc.start()
+        procs.append(proc)
+        conns.append(parent)
+    for conn in conns:
+        if not conn.poll(60):
+            raise RuntimeError("a sender did not start")
+        assert conn.recv() == "ready"
+    pids = engine_pids(engine_pid)
+    ticks0 = cpu_ticks(pids)
+    began = time.monotonic_ns() + 200_000_000
+    for conn in conns:
+        conn.send((began, total))
+    results = [conn.recv() for conn in conns]
+    ticks1 = cpu_ticks(pids)
+    ended = max(r["end_ns"] for r in results)
+    ok = sum(r["ok"] for r in results)
+    listen_conn.send(ok)
+    heard = listen_conn.recv()
+    for proc in [*procs, listener]:
+        proc.join(10)
     for agent in agents:
         await agent.presence("not-ready")
         await agent.http.aclose()
-    ms = [x * 1000 for x in latencies]
+    elapsed = (ended - began) / 1e9
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu = {("main" if p == engine_pid else f"worker{p}"):
+           round(100 * (ticks1[p] - ticks0.get(p, 0)) / hz / elapsed, 1)
+           for p in ticks1}
+    ms = heard["latencies"]
+    post_errors = sum(r["errors"] for r in results)
     return {
-        "sent": total, "delivered": len(ms), "errors": errors,
-        "achieved_rate": round(total / elapsed, 1),
+        "rate": rate, "sessions": len(customers), "agents": len(agents), "senders": senders,
+        "sent": total, "delivered": len(ms), "errors": post_errors + ok - len(ms),
+        "post_errors": post_errors, "achieved_rate": round(total / elapsed, 1),
         "p50_ms": round(percentile(ms, 0.50), 2), "p90_ms": round(percentile(ms, 0.90), 2),
         "p99_ms": round(percentile(ms, 0.99), 2), "max_ms": round(max(ms), 2),
+        "max_send_lag_ms": round(max(r["max_late_ms"] for r in results), 2),
+        "engine_cpu_pct": cpu,
+        "load_cpu_pct": {"senders": [round(100 * r["cpu_s"] / elapsed, 1) for r in results],
+                         "listener": round(100 * heard["cpu_s"] / elapsed, 1)},
     }
 
 
@@ -209,6 +256,10 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--sessions", type=int, default=20000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--agents", type=int, default=17,
+                        help="agents (alice, bob and load01...), chat capacity 3 each; "
+                        "one customer session per slot, at most 50 (the queue's capacity)")
+    parser.add_argument("--senders", type=int, default=2, help="sender processes")
     parser.add_argument("--pg-url", default=os.environ.get(
         "NEXUS_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--redis-url", default=os.environ.get(
@@ -217,11 +268,14 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     backend = make_backend("pg", tmp, args.pg_url, args.redis_url, args.workers)
     try:
-        engine = start_engine(tmp / "engine", backend, chat_config(tmp),
+        config = chat_config(tmp)
+        names = ["alice", "bob", *extra_agents(config, max(0, args.agents - 2))]
+        engine = start_engine(tmp / "engine", backend, config,
                               extra_env={"NEXUS_LOG_FORMAT": "json"})
         try:
             report = {"workers": args.workers}
-            report["relay"] = asyncio.run(relay(engine.api, engine.env, args.seconds, args.rate))
+            report["relay"] = asyncio.run(relay(engine.api, engine.env, args.seconds, args.rate,
+                                                 names, args.senders, engine.proc.pid))
             print(json.dumps(report["relay"]), flush=True)
             if args.sessions:
                 report["sessions"] = asyncio.run(
