@@ -4,7 +4,7 @@
 conversation engine with ``status`` NULL. :meth:`OutboundService.feed` (every
 ``feed_interval`` seconds in every process, plus a full scan at start) copies such messages
 into ``outbound_messages`` (``INSERT ... ON CONFLICT DO NOTHING`` on the message id) and marks
-them ``pending`` in the same transaction; the partial index ``ix_messages_outbound_todo``
+them ``pending`` in the same transaction; the partial index ``ix_messages_outbound_unsent``
 keeps the scan small. A crash between the agent's message and the send loses nothing: the
 message stays NULL until a feeder took it, and a taken row stays in the queue until sent.
 
@@ -74,7 +74,7 @@ from engine.routing.runner import (
 from engine.routing.strategies import StrategyCatalog
 from engine.store.conversation_tables import conversations, messages
 from engine.store.errors import StoreError
-from engine.store.messaging_tables import OUTBOUND_TODO, outbound_messages
+from engine.store.messaging_tables import OUTBOUND_UNSENT, outbound_messages
 
 log = logging.getLogger("nexus.messaging.outbound")
 
@@ -269,7 +269,7 @@ class OutboundService:
                 c.c.channel_id, c.c.customer_address, c.c.media, c.c.subject,
             )
             .select_from(m.join(c, c.c.id == m.c.conversation_id))
-            .where(sa.text(OUTBOUND_TODO.replace("status", "messages.status")
+            .where(sa.text(OUTBOUND_UNSENT.replace("status", "messages.status")
                            .replace("from_type", "messages.from_type")),
                    m.c.type == "Text", c.c.media.in_(["sms", "email"]))
             .order_by(m.c.timestamp)

@@ -15,7 +15,7 @@ agents); one row per (tenant, provider message id).
 ``inbound_media``: files uploaded by a gateway (``POST /nexus/v3/channels/{id}/media``) and
 inline MMS attachments, referenced as ``genesys://nexus/<id>``.
 
-``ix_messages_outbound_todo`` (on the conversation engine's ``messages``): the agent messages
+``ix_messages_outbound_unsent`` (on the conversation engine's ``messages``): the agent messages
 not yet taken by the outbound queue, so the feeder's scan stays an index range scan.
 """
 
@@ -110,5 +110,5 @@ inbound_media = sa.Table(
 )
 
 #: Agent messages the outbound feeder has not taken yet (status is set when it takes them).
-OUTBOUND_TODO = "status IS NULL AND from_type = 'Agent'"
-sa.Index("ix_messages_outbound_todo", messages.c.timestamp, **_partial(OUTBOUND_TODO))
+OUTBOUND_UNSENT = "status IS NULL AND from_type = 'Agent'"
+sa.Index("ix_messages_outbound_unsent", messages.c.timestamp, **_partial(OUTBOUND_UNSENT))

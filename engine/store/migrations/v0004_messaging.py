@@ -1,6 +1,6 @@
 """v4: the messaging runtime: ``outbound_messages`` (durable outbound queue of agent replies
 and campaign sends), ``inbound_replies`` (cxcOnly channels), ``inbound_media`` (gateway
-uploads) and the partial index ``ix_messages_outbound_todo`` on ``messages``.
+uploads) and the partial index ``ix_messages_outbound_unsent`` on ``messages``.
 
 Frozen: this module keeps its own copy of the definitions as they were at version 4.
 """
@@ -94,7 +94,7 @@ inbound_media = sa.Table(
     sa.Index("ix_inbound_media_tenant", "tenant", "created"),
 )
 
-_TODO = "status IS NULL AND from_type = 'Agent'"
+_UNSENT = "status IS NULL AND from_type = 'Agent'"
 
 
 def statements(dialect: str) -> list[ExecutableDDLElement | str]:
@@ -104,6 +104,6 @@ def statements(dialect: str) -> list[ExecutableDDLElement | str]:
         out.append(CreateTable(table))
         out.extend(CreateIndex(index) for index in sorted(table.indexes, key=lambda i: i.name))
     out.append(
-        f'CREATE INDEX ix_messages_outbound_todo ON messages ("timestamp") WHERE {_TODO}'
+        f'CREATE INDEX ix_messages_outbound_unsent ON messages ("timestamp") WHERE {_UNSENT}'
     )
     return out
