@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -43,6 +43,8 @@ from engine.store.conversation_tables import (
     segments,
 )
 from engine.store.db import Store
+
+T = TypeVar("T")
 
 
 def dumps(value: Any) -> str:
@@ -357,18 +359,28 @@ class ConversationRepo:
             query = query.limit(limit)
         return [Message.from_row(r) for r in await self.store.fetch_all(query)]
 
-    async def messages_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Message]]:
-        out: dict[str, list[Message]] = {cid: [] for cid in conversation_ids}
+    async def _grouped(
+        self, table: sa.Table, conversation_ids: Sequence[str], order: tuple[Any, ...],
+        from_row: Callable[[Any], T],
+    ) -> dict[str, list[T]]:
+        """Rows of ``table`` for several conversations in one query, grouped by conversation."""
+        out: dict[str, list[T]] = {cid: [] for cid in conversation_ids}
         if not conversation_ids:
             return out
         rows = await self.store.fetch_all(
-            sa.select(messages)
-            .where(messages.c.conversation_id.in_(list(conversation_ids)))
-            .order_by(messages.c.conversation_id, messages.c.idx)
+            sa.select(table)
+            .where(table.c.conversation_id.in_(list(conversation_ids)))
+            .order_by(*order)
         )
         for row in rows:
-            out[row["conversation_id"]].append(Message.from_row(row))
+            out[row["conversation_id"]].append(from_row(row))
         return out
+
+    async def messages_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Message]]:
+        return await self._grouped(
+            messages, conversation_ids, (messages.c.conversation_id, messages.c.idx),
+            Message.from_row,
+        )
 
     async def set_message_status(
         self, tenant: str, message_id: str, status: MessageStatus
@@ -466,17 +478,9 @@ class ConversationRepo:
         return [Segment.from_row(r) for r in rows]
 
     async def segments_of(self, conversation_ids: Sequence[str]) -> dict[str, list[Segment]]:
-        out: dict[str, list[Segment]] = {cid: [] for cid in conversation_ids}
-        if not conversation_ids:
-            return out
-        rows = await self.store.fetch_all(
-            sa.select(segments)
-            .where(segments.c.conversation_id.in_(list(conversation_ids)))
-            .order_by(segments.c.created, segments.c.id)
+        return await self._grouped(
+            segments, conversation_ids, (segments.c.created, segments.c.id), Segment.from_row
         )
-        for row in rows:
-            out[row["conversation_id"]].append(Segment.from_row(row))
-        return out
 
     async def insert_segment(
         self,
