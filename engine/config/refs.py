@@ -30,7 +30,7 @@ class RefPart:
 class Ref(str):
     """A config string that contains one or more secret references."""
 
-    __slots__ = ("base_dir",)
+    __slots__ = ("base_dir", "_parts", "_problems")
     base_dir: str
 
     def __new__(cls, text: str, base_dir: str = ".") -> Ref:
@@ -39,11 +39,25 @@ class Ref(str):
         return obj
 
     @property
-    def parts(self) -> list[RefPart]:
-        return [
-            RefPart(m["kind"], m["target"], m.start(), m.end())
-            for m in REF_PATTERN.finditer(self)
-        ]
+    def parts(self) -> tuple[RefPart, ...]:
+        # parsed once: secrets are resolved on hot paths (every signed webhook)
+        try:
+            return self._parts
+        except AttributeError:
+            self._parts = tuple(
+                RefPart(m["kind"], m["target"], m.start(), m.end())
+                for m in REF_PATTERN.finditer(self)
+            )
+            return self._parts
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """:func:`check_syntax`, computed once."""
+        try:
+            return self._problems
+        except AttributeError:
+            self._problems = tuple(check_syntax(self))
+            return self._problems
 
     @property
     def is_whole(self) -> bool:
@@ -90,10 +104,10 @@ def resolve(ref: str, env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     out: list[str] = []
     pos = 0
+    if ref.problems:
+        raise RefError(ref.problems[0])
     for part in ref.parts:
         out.append(ref[pos : part.start])
-        for problem in check_syntax(Ref(ref[part.start : part.end])):
-            raise RefError(problem)
         if part.kind == "env":
             if part.target not in env:
                 raise RefError(f"environment variable '{part.target}' is not set", unset=True)

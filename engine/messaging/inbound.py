@@ -164,10 +164,9 @@ class InboundService:
     async def _once(self, tenant: Tenant, item: Inbound) -> str:
         key = self._key(tenant, item.provider_message_id)
         try:
-            if not await self.cache.setnx_with_ttl(key, "pending", IN_PROGRESS_TTL):
-                seen = await self.cache.get(key)
-                if seen is not None and seen.startswith("done:"):
-                    return seen[5:]
+            seen = await self.cache.claim(key, "pending", IN_PROGRESS_TTL)
+            if seen is not None and seen.startswith("done:"):
+                return seen[5:]
         except CacheError:
             pass  # the durable path is idempotent on its own
         marked: list[bool] = []

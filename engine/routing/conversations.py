@@ -35,6 +35,7 @@ from typing import Any
 
 from engine.config.model import Model
 from engine.config.model import Tenant as TenantConfig
+from engine.routing.append_batcher import AppendBatcher, Appended
 from engine.routing.contacts import Contacts, normalize_phone
 from engine.routing.conversation_models import (
     LIVE_ONLY_TYPES,
@@ -113,6 +114,7 @@ class ConversationService:
         clock: Callable[[], float] | None = None,
         poll_interval: float = 5.0,
         default_endpoint: str | None = None,
+        group_commit: bool = True,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -123,6 +125,13 @@ class ConversationService:
         if router.contacts is None:
             router.contacts = self.contacts
         self.repo = ConversationRepo(store, self.clock)
+        #: group commit of customer messages into open segments (PostgreSQL); None: every
+        #: message takes the general path
+        self.batcher: AppendBatcher | None = (
+            AppendBatcher(store, self._publish_pairs, self.clock)
+            if store.dialect == "postgresql" and group_commit
+            else None
+        )
         self.poll_interval = poll_interval
         self.default_endpoint = default_endpoint
 
@@ -486,6 +495,19 @@ class ConversationService:
         elif wake and segment.state is SegmentState.HELD:
             await self.router.wake(segment.tenant, segment.id)
 
+    async def _publish_pairs(
+        self,
+        pairs: Sequence[tuple[Segment, Message]],
+        sets: Sequence[tuple[str, str, float]],
+    ) -> None:
+        await self.router.publish_pairs(pairs, sets)
+
+    async def _after_appended(self, appended: Appended) -> None:
+        """:meth:`_after` for a group-committed message (the batch already published it)."""
+        segment = appended.segment
+        if segment.state is SegmentState.HELD:
+            await self.router.wake(segment.tenant, segment.id)
+
     @staticmethod
     def _text(text: str | None, kind: MessageType) -> str | None:
         if text is None or not text.strip():
@@ -521,6 +543,14 @@ class ConversationService:
         if kind not in CUSTOMER_POSTABLE:
             raise InvalidMessage(f"a customer cannot post {kind}", field="type")
         body = self._text(text, kind)
+        if self.batcher is not None:
+            self.tenant_config(tenant)
+            appended = await self.batcher.append_by_id(
+                tenant, conversation_id, body, type=kind, provider_message_id=provider_message_id
+            )
+            if appended is not None:
+                await self._after_appended(appended)
+                return appended.message
 
         def drafts(conversation: Conversation, segment: Segment | None) -> list[Draft]:
             return [
@@ -575,6 +605,19 @@ class ConversationService:
             normalized: str | None = self.normalize_address(address)
         except ConversationError:
             normalized = None  # the full path below raises the right error in order
+        if normalized is not None and self.batcher is not None:
+            try:
+                checked_text: str | None = self._text(text, MessageType.TEXT)
+            except ConversationError:
+                checked_text = None  # the general path answers it in order
+            if checked_text is not None:
+                appended = await self.batcher.append_by_address(
+                    tenant, channel_id, normalized, checked_text,
+                    provider_message_id=provider_message_id, mark=mark,
+                )
+                if appended is not None:
+                    await self._after_appended(appended)
+                    return appended.conversation, appended.message, True
         if normalized is not None:
             known_id, conversation_id = await self.repo.inbound_lookup(
                 tenant, channel_id, normalized, provider_message_id

@@ -222,8 +222,17 @@ class Router:
         """Fan out stored (or live-only) messages: the conversation channel, and the feed of
         the agent the interaction is assigned to. ``sets``: ``(key, value, ttl seconds)``
         cache entries written in the same round trip (best effort, like the publish)."""
+        await self.publish_pairs([(segment, message) for message in messages], sets)
+
+    async def publish_pairs(
+        self,
+        pairs: Sequence[tuple[Segment | None, Message]],
+        sets: Sequence[tuple[str, str, float]] = (),
+    ) -> None:
+        """:meth:`publish_messages` for messages of several conversations (each with its
+        segment) in one pipeline round trip: what a group commit stored."""
         items: list[tuple[str, dict[str, Any]]] = []
-        for message in messages:
+        for segment, message in pairs:
             payload = {"kind": "message", "message": message.as_dict()}
             items.append((conversation_channel(message.conversation_id), payload))
             if segment is not None and segment.agent and segment.state is SegmentState.ASSIGNED:

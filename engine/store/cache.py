@@ -217,6 +217,9 @@ class Cache:
         # Rate-limit tokens leased from Redis in batches (see hit()).
         self._leases: dict[str, _Lease] = {}
         self._lease_locks: dict[str, asyncio.Lock] = {}
+        #: claims waiting for the next pipeline (see :meth:`claim`)
+        self._claims: list[tuple[str, str, int, asyncio.Future[str | None]]] = []
+        self._claim_tasks: set[asyncio.Task[None]] = set()
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -526,6 +529,53 @@ class Cache:
         px = max(1, int(ttl_seconds * 1000))
         result = await self.call(lambda c: c.set(self.key(key), value, px=px, nx=True))
         return bool(result)
+
+    async def claim(self, key: str, value: str, ttl_seconds: float) -> str | None:
+        """Set ``key`` to ``value`` only if absent, expiring after ``ttl_seconds``: None when
+        this call set it, else the value the key already holds (an idempotency key: first
+        delivery, or the marker another delivery left).
+
+        Claims made by concurrent tasks of this process share one pipeline round trip
+        (``SET NX PX`` + ``GET`` per key): a busy webhook pays one Redis call per event-loop
+        turn, not one per request. On a cluster each claim is its own call."""
+        if ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be positive")
+        px = max(1, int(ttl_seconds * 1000))
+        if self.settings.kind == "cluster":
+            if await self.setnx_with_ttl(key, value, ttl_seconds):
+                return None
+            return await self.get(key) or ""
+        future: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._claims.append((self.key(key), value, px, future))
+        if len(self._claims) == 1:
+            # runs after every callback already ready: the claims of this turn join it
+            task = asyncio.get_running_loop().create_task(self._send_claims())
+            self._claim_tasks.add(task)
+            task.add_done_callback(self._claim_tasks.discard)
+        return await future
+
+    async def _send_claims(self) -> None:
+        claims, self._claims = self._claims, []
+
+        async def op(client: Client) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for full, value, px, _ in claims:
+                    pipe.set(full, value, px=px, nx=True)
+                    pipe.get(full)
+                return await pipe.execute()
+
+        try:
+            replies = await self.call(op)
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+            for *_, future in claims:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for i, (*_, future) in enumerate(claims):
+            if future.done():  # the caller was cancelled
+                continue
+            was_set, current = replies[2 * i], replies[2 * i + 1]
+            future.set_result(None if was_set else (current if current is not None else ""))
 
     async def hit(self, key: str, capacity: int, window_seconds: float) -> RateLimit:
         """Count one request against ``key``: at most ``capacity`` per fixed window of

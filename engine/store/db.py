@@ -415,6 +415,36 @@ class Store:
         metrics.success["transaction"].inc()
         metrics.duration["transaction"].observe((perf_counter() - start) * 1000.0)
 
+    @asynccontextmanager
+    async def raw_transaction(self) -> AsyncIterator[Any]:
+        """PostgreSQL only: a pooled asyncpg connection in a transaction of its own, for hot
+        paths that run prebuilt SQL (``$n`` placeholders, array parameters) without the
+        `databases` layer. Commits on success, rolls back on any exception; driver errors
+        are translated like every other query's (:class:`Conflict`, ...)."""
+        if self.dialect != "postgresql":
+            raise StoreError("raw transactions need PostgreSQL")
+        if not self._db.is_connected:
+            raise StoreUnavailable("the store is not connected")
+        metrics = self.metrics
+        start = perf_counter()
+        conn = self._db.connection()
+        metrics.connect.inc()
+        try:
+            async with conn:
+                raw = conn.raw_connection
+                try:
+                    async with raw.transaction():
+                        yield raw
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    metrics.error(error_code(exc))
+                    raise translate_error(exc) from exc
+        finally:
+            metrics.disconnect.inc()
+        metrics.success["transaction"].inc()
+        metrics.duration["transaction"].observe((perf_counter() - start) * 1000.0)
+
     async def _end(self, conn: Connection, backend_tx: Any, *, commit: bool) -> None:
         try:
             if backend_tx is not None:

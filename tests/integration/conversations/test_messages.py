@@ -121,7 +121,14 @@ async def test_failure_after_publish_retry_is_idempotent(
         await original(segment, messages)
         raise ConnectionResetError("the caller never got the acknowledgement")
 
+    original_pairs = engine.router.publish_pairs
+
+    async def publish_pairs_then_crash(pairs, sets) -> None:  # the group commit's publish
+        await original_pairs(pairs, sets)
+        raise ConnectionResetError("the caller never got the acknowledgement")
+
     monkeypatch.setattr(engine.router, "publish_messages", publish_then_crash)
+    monkeypatch.setattr(engine.router, "publish_pairs", publish_pairs_then_crash)
     with pytest.raises(ConnectionResetError):
         await engine.service.post_customer_message(
             CCID, conv.id, "once", provider_message_id="client-1"
@@ -262,7 +269,8 @@ async def test_customer_message_into_the_open_segment_in_one_statement(
     """PostgreSQL reads the open segment and inserts a customer message in one statement;
     SQLite uses separate ones. Either way the message belongs to the open segment, indexes
     stay gapless, a duplicate provider id stores nothing, and without an open segment a new
-    one is started."""
+    one is started. (The general path: group commit is tested in test_group_commit.py.)"""
+    engine.service.batcher = None
     calls: list[int | None] = []
     original = engine.service.repo.append_to_open_segment
 

@@ -1,0 +1,344 @@
+"""Group commit for customer messages into open conversations (PostgreSQL).
+
+The common case of chat and SMS traffic is a customer's text into a conversation that is
+open and has an open segment. Done one by one, each such message costs a lookup, a
+transaction (BEGIN, lock and reserve, insert, COMMIT) and a publish: a handful of round trips
+and, in Python, far more CPU than the database work itself. :class:`AppendBatcher` takes the
+messages that arrive while a commit is in flight and stores them together in one transaction
+of six statements, whatever their number, then publishes them in one Redis pipeline.
+
+Guarantees are those of :meth:`ConversationService._post` (see docs/conversations.md):
+
+* **indexes without gaps**: the batch locks its conversation rows (``FOR UPDATE``, always in
+  the same order: by id, then by tenant, channel and address; two batches do not deadlock
+  each other, and a one-conversation transaction of the general path cannot form a cycle
+  with them; should another shape ever deadlock, the batch takes the general path), reads their
+  open segments with a fresh snapshot *after* the locks, and reserves indexes only for the
+  messages that have an open segment to go to;
+* **durable before acknowledged**: a caller's future resolves after the COMMIT;
+* **a provider message id stored once**: the unique index stands; a batch that hits it (a
+  retry whose idempotency marker is gone, a concurrent duplicate) rolls back as a whole, and
+  every message of it takes the general path, which answers duplicates from the store.
+
+Anything that is not the common case (no open conversation, no open segment, a closed
+conversation, a failed batch) answers ``None``: the caller runs the general path, unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from engine.routing.conversation_models import (
+    Conversation,
+    Message,
+    MessageType,
+    ParticipantType,
+    Segment,
+    from_epoch,
+)
+from engine.store.conversation_tables import OPEN_SEGMENT_STATES
+from engine.store.db import Store
+from engine.store.errors import Conflict, StoreError
+
+log = logging.getLogger("nexus.routing.batch")
+
+#: at most this many messages per transaction
+MAX_BATCH = 256
+#: batches of one process committing at the same time (the next one fills meanwhile)
+MAX_INFLIGHT = 2
+
+_OPEN_STATES = ", ".join(f"'{s}'" for s in OPEN_SEGMENT_STATES)
+
+# One parameterised index lookup per conversation (LATERAL ... LIMIT 1 is never flattened
+# into a join, so the plan does not depend on table statistics), each row locked as it is
+# found: in the order of the arrays, which the caller sorts, so batches never deadlock.
+_LOCK_BY_ID = (
+    "SELECT c.* FROM unnest($1::text[], $2::text[]) AS v(tenant, id) "
+    "CROSS JOIN LATERAL (SELECT * FROM conversations x WHERE x.id = v.id "
+    "AND x.tenant = v.tenant AND x.state = 'open' LIMIT 1 FOR UPDATE) c"
+)
+_LOCK_BY_ADDRESS = (
+    "SELECT c.* FROM unnest($1::text[], $2::text[], $3::text[]) "
+    "AS v(tenant, channel_id, address) "
+    "CROSS JOIN LATERAL (SELECT * FROM conversations x WHERE x.tenant = v.tenant "
+    "AND x.channel_id = v.channel_id AND x.customer_address = v.address "
+    "AND x.state = 'open' LIMIT 1 FOR UPDATE) c"
+)
+# after the locks: a new statement, so its snapshot sees every change made under them
+_OPEN_SEGMENTS = (
+    f"SELECT * FROM segments WHERE conversation_id = ANY($1::text[]) "
+    f"AND state IN ({_OPEN_STATES})"
+)
+_RESERVE = (
+    "UPDATE conversations c SET last_index = c.last_index + v.n, updated = $3 "
+    "FROM unnest($1::text[], $2::int[]) AS v(id, n) WHERE c.id = v.id RETURNING c.*"
+)
+_INSERT = (
+    "INSERT INTO messages (conversation_id, idx, id, tenant, type, text, "
+    "from_participant_id, from_nickname, from_type, segment_id, provider_message_id, "
+    "timestamp) SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], "
+    "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
+    "$12::timestamptz[])"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """A stored customer message: the conversation as locked and updated by the batch, the
+    open segment it went to, and the message."""
+
+    conversation: Conversation
+    segment: Segment
+    message: Message
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    tenant: str
+    text: str | None
+    type: MessageType
+    provider_message_id: str | None
+    mark: tuple[str, float] | None
+    conversation_id: str | None = None
+    channel_id: str | None = None
+    address: str | None = None
+    future: asyncio.Future[Appended | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+#: publish(stored pairs, cache sets): fans the messages out after the commit, never raises
+Publish = Callable[
+    [Sequence[tuple[Segment, Message]], Sequence[tuple[str, str, float]]], Awaitable[None]
+]
+
+
+class AppendBatcher:
+    """See the module docstring. ``publish`` fans stored messages out (one call per batch);
+    ``clock`` returns epoch seconds."""
+
+    def __init__(
+        self,
+        store: Store,
+        publish: Publish,
+        clock: Callable[[], float],
+        *,
+        max_batch: int = MAX_BATCH,
+        max_inflight: int = MAX_INFLIGHT,
+    ) -> None:
+        if store.dialect != "postgresql":
+            raise ValueError("group commit needs PostgreSQL")
+        self.store = store
+        self.publish = publish
+        self.clock = clock
+        self.max_batch = max_batch
+        self.max_inflight = max_inflight
+        self._pending: list[_Request] = []
+        self._running = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        #: counters for tests and the benchmark: batches committed, messages in them,
+        #: messages handed back to the general path
+        self.batches = 0
+        self.appended = 0
+        self.declined = 0
+
+    # ---- callers ----------------------------------------------------------------------
+
+    async def append_by_id(
+        self,
+        tenant: str,
+        conversation_id: str,
+        text: str | None,
+        *,
+        type: MessageType = MessageType.TEXT,
+        provider_message_id: str | None = None,
+        mark: tuple[str, float] | None = None,
+    ) -> Appended | None:
+        """The customer's message into conversation ``conversation_id``; None: not stored,
+        take the general path."""
+        return await self._submit(_Request(
+            tenant, text, type, provider_message_id, mark, conversation_id=conversation_id
+        ))
+
+    async def append_by_address(
+        self,
+        tenant: str,
+        channel_id: str,
+        address: str,
+        text: str | None,
+        *,
+        provider_message_id: str | None = None,
+        mark: tuple[str, float] | None = None,
+    ) -> Appended | None:
+        """The customer's message into their open conversation on ``channel_id`` (``address``
+        normalised as the conversation stores it); None: not stored, take the general path."""
+        return await self._submit(_Request(
+            tenant, text, MessageType.TEXT, provider_message_id, mark, channel_id=channel_id,
+            address=address,
+        ))
+
+    async def _submit(self, request: _Request) -> Appended | None:
+        self._pending.append(request)
+        if self._running < self.max_inflight:
+            self._running += 1
+            task = asyncio.get_running_loop().create_task(self._drain())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        # the batch runs in its own task: a cancelled caller does not cancel the others'
+        return await asyncio.shield(request.future)
+
+    async def close(self) -> None:
+        """Wait for the batches in flight (at shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    # ---- batches ----------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch = self._pending[: self.max_batch]
+                del self._pending[: self.max_batch]
+                try:
+                    await self._flush(batch)
+                except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+                    for request in batch:
+                        if not request.future.done():
+                            request.future.set_exception(exc)
+                except BaseException:  # cancelled (shutdown): so are the waiters
+                    for request in batch + self._pending:
+                        request.future.cancel()
+                    self._pending.clear()
+                    raise
+        finally:
+            self._running -= 1
+
+    async def _flush(self, batch: list[_Request]) -> None:
+        try:
+            stored = await self._store(batch)
+        except Conflict:
+            stored = None  # a duplicate provider id (or a race on one): the general path
+        except StoreError as exc:
+            if getattr(exc.__cause__, "sqlstate", None) != "40P01":
+                raise
+            stored = None  # deadlock with a transaction of another shape: the general path
+        if stored is None:
+            self.declined += len(batch)
+            for request in batch:
+                request.future.set_result(None)
+            return
+        self.batches += 1
+        self.appended += len(stored)
+        if stored:
+            pairs = [(a.segment, a.message) for _, a in stored]
+            sets = [
+                (r.mark[0], f"done:{a.message.id}", r.mark[1])
+                for r, a in stored
+                if r.mark is not None
+            ]
+            await self.publish(pairs, sets)
+        results = {id(r): a for r, a in stored}
+        for request in batch:
+            found = results.get(id(request))
+            if found is None:
+                self.declined += 1
+            request.future.set_result(found)
+
+    async def _store(self, batch: list[_Request]) -> list[tuple[_Request, Appended]]:
+        # sorted: every batch takes its row locks in the same order
+        by_id = sorted(
+            {(r.tenant, r.conversation_id) for r in batch if r.conversation_id},
+            key=lambda key: key[1],
+        )
+        by_address = sorted({
+            (r.tenant, r.channel_id, r.address)
+            for r in batch
+            if r.conversation_id is None and r.channel_id and r.address
+        })
+        async with self.store.raw_transaction() as conn:
+            rows: list[Any] = []
+            if by_id:
+                rows += await conn.fetch(
+                    _LOCK_BY_ID, [t for t, _ in by_id], [c for _, c in by_id]
+                )
+            if by_address:
+                rows += await conn.fetch(
+                    _LOCK_BY_ADDRESS,
+                    [t for t, _, _ in by_address],
+                    [c for _, c, _ in by_address],
+                    [a for _, _, a in by_address],
+                )
+            if not rows:
+                return []
+            locked = {row["id"]: row for row in rows}
+            by_key: dict[tuple[str, ...], str] = {}
+            for row in rows:
+                by_key[(row["tenant"], row["id"])] = row["id"]
+                if row["channel_id"] is not None and row["customer_address"] is not None:
+                    by_key[(row["tenant"], row["channel_id"], row["customer_address"])] = row["id"]
+            segment_rows = await conn.fetch(_OPEN_SEGMENTS, list(locked))
+            open_segments = {row["conversation_id"]: Segment.from_row(row) for row in segment_rows}
+            # who goes where: per conversation, in arrival order
+            targets: dict[str, list[_Request]] = {}
+            for request in batch:
+                key: tuple[str, ...] = (
+                    (request.tenant, request.conversation_id)
+                    if request.conversation_id
+                    else (request.tenant, request.channel_id or "", request.address or "")
+                )
+                cid = by_key.get(key)
+                if cid is not None and cid in open_segments:
+                    targets.setdefault(cid, []).append(request)
+            if not targets:
+                return []
+            now = from_epoch(self.clock())
+            reserved = await conn.fetch(
+                _RESERVE, list(targets), [len(v) for v in targets.values()], now
+            )
+            return await self._insert(conn, targets, reserved, open_segments, now)
+
+    async def _insert(
+        self,
+        conn: Any,
+        targets: dict[str, list[_Request]],
+        reserved: list[Any],
+        open_segments: dict[str, Segment],
+        now: datetime,
+    ) -> list[tuple[_Request, Appended]]:
+        out: list[tuple[_Request, Appended]] = []
+        columns: list[list[Any]] = [[] for _ in range(12)]
+        for row in reserved:
+            conversation = Conversation.from_row(row)
+            segment = open_segments[conversation.id]
+            requests = targets[conversation.id]
+            first = conversation.last_index - len(requests) + 1
+            for offset, request in enumerate(requests):
+                message = Message(
+                    conversation_id=conversation.id,
+                    index=first + offset,
+                    id=str(uuid.uuid4()),
+                    type=request.type,
+                    text=request.text,
+                    from_participant_id=conversation.customer_id,
+                    from_nickname=conversation.customer_nickname,
+                    from_type=ParticipantType.CUSTOMER,
+                    timestamp=now,
+                    segment_id=segment.id,
+                    provider_message_id=request.provider_message_id,
+                )
+                for column, value in zip(columns, (
+                    message.conversation_id, message.index, message.id, conversation.tenant,
+                    str(message.type), message.text, message.from_participant_id,
+                    message.from_nickname, str(message.from_type), message.segment_id,
+                    message.provider_message_id, now,
+                ), strict=True):
+                    column.append(value)
+                out.append((request, Appended(conversation, segment, message)))
+        await conn.execute(_INSERT, *columns)
+        return out
