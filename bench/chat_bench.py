@@ -271,7 +271,10 @@ def main() -> int:
         config = chat_config(tmp)
         names = ["alice", "bob", *extra_agents(config, max(0, args.agents - 2))]
         engine = start_engine(tmp / "engine", backend, config,
-                              extra_env={"NEXUS_LOG_FORMAT": "json"})
+                              extra_env={"NEXUS_LOG_FORMAT": "json",
+                                         # passed through to compare: 0 = group commit off
+                                         "NEXUS_GROUP_COMMIT":
+                                         os.environ.get("NEXUS_GROUP_COMMIT", "1")})
         try:
             report = {"workers": args.workers}
             report["relay"] = asyncio.run(relay(engine.api, engine.env, args.seconds, args.rate,

@@ -38,6 +38,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import os
 import re
 import shutil
 import signal
@@ -326,6 +327,8 @@ def main() -> None:
         secrets.setdefault("T1001_ADMIN_PASSWORD", "unused")
         env = base_env(tmp, backend, secrets)
         env["NEXUS_LOG_FORMAT"] = "json"
+        # passed through to compare: 0 = group commit off
+        env["NEXUS_GROUP_COMMIT"] = os.environ.get("NEXUS_GROUP_COMMIT", "1")
         port, metrics_port = free_port(), free_port()
         log = (tmp / "engine.log").open("wb")
         engine = subprocess.Popen(serve_command(config, backend, port, metrics_port), cwd=ROOT,

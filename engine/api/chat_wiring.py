@@ -22,8 +22,9 @@ agent routes answer 503.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sanic import Sanic
@@ -82,8 +83,16 @@ def build(app: Sanic) -> chat.ChatRuntime | None:
     router = Router(store, cache, current_model, decider=ModelTrackingDecider(runner,
                                                                               current_model))
     service = ConversationService(store, cache, current_model, router=router,
-                                  poll_interval=STREAM_POLL_INTERVAL)
+                                  poll_interval=STREAM_POLL_INTERVAL,
+                                  group_commit=group_commit_enabled())
     return chat.ChatRuntime(service, signing_secret(app), chat.file_policy_from_env())
+
+
+def group_commit_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """``NEXUS_GROUP_COMMIT=0`` turns group commit of customer messages off (every message
+    then takes the general path: for comparison and as a way out)."""
+    value = (os.environ if env is None else env).get("NEXUS_GROUP_COMMIT", "1")
+    return value.strip().lower() not in ("0", "false", "no", "off")
 
 
 def install_chat(app: Sanic) -> None:

@@ -125,7 +125,10 @@ class MessagingRuntime:
 
         router = Router(self.store, self.cache, self.model,
                         decider=RunnerDecider(_ModelRunner(self.app)))
-        service = ConversationService(self.store, self.cache, self.model, router=router)
+        from engine.api.chat_wiring import group_commit_enabled
+
+        service = ConversationService(self.store, self.cache, self.model, router=router,
+                                      group_commit=group_commit_enabled())
         await router.start()
         self.own_router = router
         self.app.ctx.router = router

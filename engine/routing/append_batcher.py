@@ -5,14 +5,15 @@ open and has an open segment. Done one by one, each such message costs a lookup,
 transaction (BEGIN, lock and reserve, insert, COMMIT) and a publish: a handful of round trips
 and, in Python, far more CPU than the database work itself. :class:`AppendBatcher` takes the
 messages that arrive while a commit is in flight and stores them together in one transaction
-of six statements, whatever their number, then publishes them in one Redis pipeline.
+of six or seven statements, whatever their number, then publishes them in one Redis pipeline.
 
 Guarantees are those of :meth:`ConversationService._post` (see docs/conversations.md):
 
 * **indexes without gaps**: the batch locks its conversation rows (``FOR UPDATE``, always in
-  the same order: by id, then by tenant, channel and address; two batches do not deadlock
-  each other, and a one-conversation transaction of the general path cannot form a cycle
-  with them; should another shape ever deadlock, the batch takes the general path), reads their
+  id order, conversations named by address resolved to their ids first: two batches do not
+  deadlock each other, and a one-conversation transaction of the general path cannot form a
+  cycle with them; should another shape ever deadlock, the batch takes the general path),
+  reads their
   open segments with a fresh snapshot *after* the locks, and reserves indexes only for the
   messages that have an open segment to go to;
 * **durable before acknowledged**: a caller's future resolves after the COMMIT;
@@ -56,19 +57,21 @@ MAX_INFLIGHT = 2
 _OPEN_STATES = ", ".join(f"'{s}'" for s in OPEN_SEGMENT_STATES)
 
 # One parameterised index lookup per conversation (LATERAL ... LIMIT 1 is never flattened
-# into a join, so the plan does not depend on table statistics), each row locked as it is
-# found: in the order of the arrays, which the caller sorts, so batches never deadlock.
+# into a join, so the plan does not depend on table statistics). Messages named by address
+# are first resolved to conversation ids without a lock; then every row of the batch is
+# locked as it is found, in the order of the id array, which the caller sorts: all batches,
+# whatever their shape, take their locks in id order and never deadlock each other.
+_IDS_BY_ADDRESS = (
+    "SELECT v.tenant, c.id FROM unnest($1::text[], $2::text[], $3::text[]) "
+    "AS v(tenant, channel_id, address) "
+    "CROSS JOIN LATERAL (SELECT x.id FROM conversations x WHERE x.tenant = v.tenant "
+    "AND x.channel_id = v.channel_id AND x.customer_address = v.address "
+    "AND x.state = 'open' LIMIT 1) c"
+)
 _LOCK_BY_ID = (
     "SELECT c.* FROM unnest($1::text[], $2::text[]) AS v(tenant, id) "
     "CROSS JOIN LATERAL (SELECT * FROM conversations x WHERE x.id = v.id "
     "AND x.tenant = v.tenant AND x.state = 'open' LIMIT 1 FOR UPDATE) c"
-)
-_LOCK_BY_ADDRESS = (
-    "SELECT c.* FROM unnest($1::text[], $2::text[], $3::text[]) "
-    "AS v(tenant, channel_id, address) "
-    "CROSS JOIN LATERAL (SELECT * FROM conversations x WHERE x.tenant = v.tenant "
-    "AND x.channel_id = v.channel_id AND x.customer_address = v.address "
-    "AND x.state = 'open' LIMIT 1 FOR UPDATE) c"
 )
 # after the locks: a new statement, so its snapshot sees every change made under them
 _OPEN_SEGMENTS = (
@@ -251,29 +254,28 @@ class AppendBatcher:
             request.future.set_result(found)
 
     async def _store(self, batch: list[_Request]) -> list[tuple[_Request, Appended]]:
-        # sorted: every batch takes its row locks in the same order
-        by_id = sorted(
-            {(r.tenant, r.conversation_id) for r in batch if r.conversation_id},
-            key=lambda key: key[1],
-        )
+        wanted = {(r.tenant, r.conversation_id) for r in batch if r.conversation_id}
         by_address = sorted({
             (r.tenant, r.channel_id, r.address)
             for r in batch
             if r.conversation_id is None and r.channel_id and r.address
         })
         async with self.store.raw_transaction() as conn:
-            rows: list[Any] = []
-            if by_id:
-                rows += await conn.fetch(
-                    _LOCK_BY_ID, [t for t, _ in by_id], [c for _, c in by_id]
-                )
             if by_address:
-                rows += await conn.fetch(
-                    _LOCK_BY_ADDRESS,
+                found = await conn.fetch(
+                    _IDS_BY_ADDRESS,
                     [t for t, _, _ in by_address],
                     [c for _, c, _ in by_address],
                     [a for _, _, a in by_address],
                 )
+                wanted |= {(row["tenant"], row["id"]) for row in found}
+            # sorted by id: every batch takes its row locks in the same order
+            order = sorted(wanted, key=lambda key: key[1])
+            rows: list[Any] = (
+                await conn.fetch(_LOCK_BY_ID, [t for t, _ in order], [c for _, c in order])
+                if order
+                else []
+            )
             if not rows:
                 return []
             locked = {row["id"]: row for row in rows}
