@@ -5,7 +5,7 @@ open and has an open segment. Done one by one, each such message costs a lookup,
 transaction (BEGIN, lock and reserve, insert, COMMIT) and a publish: a handful of round trips
 and, in Python, far more CPU than the database work itself. :class:`AppendBatcher` takes the
 messages that arrive while a commit is in flight and stores them together in one transaction
-of six or seven statements, whatever their number, then publishes them in one Redis pipeline.
+of four or five round trips, whatever their number, then publishes them in one Redis pipeline.
 
 Guarantees are those of :meth:`ConversationService._post` (see docs/conversations.md):
 
@@ -31,7 +31,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -73,21 +73,26 @@ _LOCK_BY_ID = (
     "CROSS JOIN LATERAL (SELECT * FROM conversations x WHERE x.id = v.id "
     "AND x.tenant = v.tenant AND x.state = 'open' LIMIT 1 FOR UPDATE) c"
 )
-# after the locks: a new statement, so its snapshot sees every change made under them
-_OPEN_SEGMENTS = (
-    f"SELECT * FROM segments WHERE conversation_id = ANY($1::text[]) "
-    f"AND state IN ({_OPEN_STATES})"
-)
-_RESERVE = (
-    "UPDATE conversations c SET last_index = c.last_index + v.n, updated = $3 "
-    "FROM unnest($1::text[], $2::int[]) AS v(id, n) WHERE c.id = v.id RETURNING c.*"
-)
-_INSERT = (
-    "INSERT INTO messages (conversation_id, idx, id, tenant, type, text, "
+# After the locks, one statement (its snapshot is taken after them, so it sees every change
+# made under them): read the open segments, reserve the indexes of the messages that have one
+# to go to, insert those messages. Two round trips (this and COMMIT) with the locks held.
+_APPEND = (
+    "WITH seg AS (SELECT * FROM segments WHERE conversation_id = ANY($1::text[]) "
+    f"AND state IN ({_OPEN_STATES})), "
+    "m AS (SELECT * FROM unnest($2::text[], $3::int[], $4::int[], $5::text[], $6::text[], "
+    "$7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) "
+    "AS m(cid, k, n, id, tenant, type, text, fpid, fnick, ftype, pmid) "
+    "WHERE m.cid IN (SELECT conversation_id FROM seg)), "
+    "r AS (UPDATE conversations c SET last_index = c.last_index + x.n, updated = $13 "
+    "FROM (SELECT DISTINCT cid, n FROM m) x WHERE c.id = x.cid "
+    "RETURNING c.id, c.last_index), "
+    "i AS (INSERT INTO messages (conversation_id, idx, id, tenant, type, text, "
     "from_participant_id, from_nickname, from_type, segment_id, provider_message_id, "
-    "timestamp) SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], "
-    "$5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], "
-    "$12::timestamptz[])"
+    "timestamp) SELECT m.cid, r.last_index - m.n + m.k, m.id, m.tenant, m.type, m.text, "
+    "m.fpid, m.fnick, m.ftype, s.id, m.pmid, $13 FROM m JOIN r ON r.id = m.cid "
+    "JOIN seg s ON s.conversation_id = m.cid RETURNING id, idx, conversation_id) "
+    "SELECT i.id AS message_id, i.idx AS message_idx, s.* FROM i "
+    "JOIN seg s ON s.conversation_id = i.conversation_id"
 )
 
 
@@ -284,8 +289,6 @@ class AppendBatcher:
                 by_key[(row["tenant"], row["id"])] = row["id"]
                 if row["channel_id"] is not None and row["customer_address"] is not None:
                     by_key[(row["tenant"], row["channel_id"], row["customer_address"])] = row["id"]
-            segment_rows = await conn.fetch(_OPEN_SEGMENTS, list(locked))
-            open_segments = {row["conversation_id"]: Segment.from_row(row) for row in segment_rows}
             # who goes where: per conversation, in arrival order
             targets: dict[str, list[_Request]] = {}
             for request in batch:
@@ -295,36 +298,51 @@ class AppendBatcher:
                     else (request.tenant, request.channel_id or "", request.address or "")
                 )
                 cid = by_key.get(key)
-                if cid is not None and cid in open_segments:
+                if cid is not None:
                     targets.setdefault(cid, []).append(request)
             if not targets:
                 return []
             now = from_epoch(self.clock())
-            reserved = await conn.fetch(
-                _RESERVE, list(targets), [len(v) for v in targets.values()], now
-            )
-            return await self._insert(conn, targets, reserved, open_segments, now)
+            columns: list[list[Any]] = [[] for _ in range(11)]
+            ids: dict[int, str] = {}
+            for cid, requests in targets.items():
+                row = locked[cid]
+                for k, request in enumerate(requests, start=1):
+                    message_id = str(uuid.uuid4())
+                    ids[id(request)] = message_id
+                    for column, value in zip(columns, (
+                        cid, k, len(requests), message_id, row["tenant"], str(request.type),
+                        request.text, row["customer_id"], row["customer_nickname"],
+                        str(ParticipantType.CUSTOMER), request.provider_message_id,
+                    ), strict=True):
+                        column.append(value)
+            stored = await conn.fetch(_APPEND, list(targets), *columns, now)
+        return self._results(targets, locked, ids, stored, now)
 
-    async def _insert(
-        self,
-        conn: Any,
+    @staticmethod
+    def _results(
         targets: dict[str, list[_Request]],
-        reserved: list[Any],
-        open_segments: dict[str, Segment],
+        locked: dict[str, Any],
+        ids: dict[int, str],
+        stored: list[Any],
         now: datetime,
     ) -> list[tuple[_Request, Appended]]:
+        by_message = {row["message_id"]: row for row in stored}
         out: list[tuple[_Request, Appended]] = []
-        columns: list[list[Any]] = [[] for _ in range(12)]
-        for row in reserved:
-            conversation = Conversation.from_row(row)
-            segment = open_segments[conversation.id]
-            requests = targets[conversation.id]
-            first = conversation.last_index - len(requests) + 1
-            for offset, request in enumerate(requests):
+        for cid, requests in targets.items():
+            rows = [by_message.get(ids[id(r)]) for r in requests]
+            if rows[0] is None:
+                continue  # no open segment: nothing was reserved or inserted
+            segment = Segment.from_row(rows[0])
+            conversation = replace(
+                Conversation.from_row(locked[cid]),
+                last_index=int(locked[cid]["last_index"]) + len(requests),
+            )
+            for request, row in zip(requests, rows, strict=True):
                 message = Message(
-                    conversation_id=conversation.id,
-                    index=first + offset,
-                    id=str(uuid.uuid4()),
+                    conversation_id=cid,
+                    index=int(row["message_idx"]),
+                    id=row["message_id"],
                     type=request.type,
                     text=request.text,
                     from_participant_id=conversation.customer_id,
@@ -334,13 +352,5 @@ class AppendBatcher:
                     segment_id=segment.id,
                     provider_message_id=request.provider_message_id,
                 )
-                for column, value in zip(columns, (
-                    message.conversation_id, message.index, message.id, conversation.tenant,
-                    str(message.type), message.text, message.from_participant_id,
-                    message.from_nickname, str(message.from_type), message.segment_id,
-                    message.provider_message_id, now,
-                ), strict=True):
-                    column.append(value)
                 out.append((request, Appended(conversation, segment, message)))
-        await conn.execute(_INSERT, *columns)
         return out
