@@ -121,6 +121,9 @@ def install_chat(app: Sanic) -> None:
 
     @app.before_server_stop
     async def stop_router(app: Sanic) -> None:
+        service = app.ctx.conversations
+        if service is not None:
+            await service.close()
         router: Router | None = app.ctx.router
         if router is not None:
             await router.stop()

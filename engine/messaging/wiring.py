@@ -140,6 +140,9 @@ class MessagingRuntime:
         await self.outbound.stop()
         await self.dispatcher.stop(timeout=10.0)
         if self.own_router is not None:
+            service = getattr(self.app.ctx, "conversations", None)
+            if service is not None:
+                await service.close()
             await self.own_router.stop()
             self.own_router = None
         await self.registry.aclose()

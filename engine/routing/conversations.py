@@ -135,6 +135,11 @@ class ConversationService:
         self.poll_interval = poll_interval
         self.default_endpoint = default_endpoint
 
+    async def close(self) -> None:
+        """At shutdown: wait for the group commits in flight (their callers get answers)."""
+        if self.batcher is not None:
+            await self.batcher.close()
+
     @property
     def model(self) -> Model:
         return self._model() if callable(self._model) else self._model

@@ -791,3 +791,26 @@ async def test_batches_of_different_shapes_do_not_deadlock(
     for conv in (conv0, conv1):
         stored = await _assert_gapless(engine, conv.id)
         assert len(stored) == initial[conv.id] + 2
+
+
+@pg_only
+async def test_close_waits_for_the_batches_in_flight(engine: Engine) -> None:
+    """At shutdown (ConversationService.close, called by the wiring before the router stops)
+    the batches in flight commit and every caller gets its answer."""
+    service = engine.service
+    assert service.batcher is not None
+    conv = await engine.session()
+    tasks = [
+        asyncio.create_task(service.post_customer_message(CCID, conv.id, f"s{i}"))
+        for i in range(20)
+    ]
+    await asyncio.sleep(0)  # every task has submitted its message
+    assert service.batcher._tasks  # a batch is in flight
+    await service.close()
+    assert not service.batcher._tasks
+    stored = await _assert_gapless(engine, conv.id)  # committed before close returned
+    assert sorted(m.text for m in stored if m.type is MessageType.TEXT) == sorted(
+        f"s{i}" for i in range(20)
+    )
+    results = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert {m.id for m in results} <= {m.id for m in stored}
