@@ -378,6 +378,37 @@ class Store:
             async with scope.child_lock, self._savepoint(scope.tx):
                 yield self
             return
+        metrics = self.metrics
+        async with self._transaction_connection() as conn:
+            backend_tx = None
+            try:
+                if self.dialect == "sqlite":
+                    await conn.execute("BEGIN IMMEDIATE")
+                else:
+                    backend_tx = conn.transaction()
+                    await backend_tx.start()
+            except Exception as exc:
+                metrics.error(error_code(exc))
+                raise translate_error(exc) from exc
+            tx = _Tx(conn=conn, owner=asyncio.current_task())
+            token = self._scope.set(_Scope(tx))
+            try:
+                yield self
+            except BaseException:
+                tx.active = False
+                await self._end(conn, backend_tx, commit=False)
+                raise
+            else:
+                tx.active = False
+                await self._end(conn, backend_tx, commit=True)
+            finally:
+                tx.active = False
+                self._scope.reset(token)
+
+    @asynccontextmanager
+    async def _transaction_connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection for one transaction, counted in the ``nexus_db_*`` metrics
+        (connect/disconnect, and the transaction's success and duration when it ends well)."""
         if not self._db.is_connected:
             raise StoreUnavailable("the store is not connected")
         metrics = self.metrics
@@ -386,30 +417,7 @@ class Store:
         metrics.connect.inc()
         try:
             async with conn:
-                backend_tx = None
-                try:
-                    if self.dialect == "sqlite":
-                        await conn.execute("BEGIN IMMEDIATE")
-                    else:
-                        backend_tx = conn.transaction()
-                        await backend_tx.start()
-                except Exception as exc:
-                    metrics.error(error_code(exc))
-                    raise translate_error(exc) from exc
-                tx = _Tx(conn=conn, owner=asyncio.current_task())
-                token = self._scope.set(_Scope(tx))
-                try:
-                    yield self
-                except BaseException:
-                    tx.active = False
-                    await self._end(conn, backend_tx, commit=False)
-                    raise
-                else:
-                    tx.active = False
-                    await self._end(conn, backend_tx, commit=True)
-                finally:
-                    tx.active = False
-                    self._scope.reset(token)
+                yield conn
         finally:
             metrics.disconnect.inc()
         metrics.success["transaction"].inc()
@@ -423,27 +431,16 @@ class Store:
         are translated like every other query's (:class:`Conflict`, ...)."""
         if self.dialect != "postgresql":
             raise StoreError("raw transactions need PostgreSQL")
-        if not self._db.is_connected:
-            raise StoreUnavailable("the store is not connected")
-        metrics = self.metrics
-        start = perf_counter()
-        conn = self._db.connection()
-        metrics.connect.inc()
-        try:
-            async with conn:
-                raw = conn.raw_connection
-                try:
-                    async with raw.transaction():
-                        yield raw
-                except StoreError:
-                    raise
-                except Exception as exc:
-                    metrics.error(error_code(exc))
-                    raise translate_error(exc) from exc
-        finally:
-            metrics.disconnect.inc()
-        metrics.success["transaction"].inc()
-        metrics.duration["transaction"].observe((perf_counter() - start) * 1000.0)
+        async with self._transaction_connection() as conn:
+            raw = conn.raw_connection
+            try:
+                async with raw.transaction():
+                    yield raw
+            except StoreError:
+                raise
+            except Exception as exc:
+                self.metrics.error(error_code(exc))
+                raise translate_error(exc) from exc
 
     async def _end(self, conn: Connection, backend_tx: Any, *, commit: bool) -> None:
         try:

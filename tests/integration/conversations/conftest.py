@@ -22,6 +22,7 @@ import pytest
 
 from engine.config.model import AgentSettings, Endpoint, Model, Queue, Secret, User
 from engine.config.validate import validate_paths
+from engine.routing.conversation_models import Message
 from engine.routing.conversations import ConversationService
 from engine.routing.decider import FakeDecider
 from engine.routing.router import Router
@@ -197,3 +198,17 @@ async def engine(backend: tuple[str, str], cache: Cache) -> AsyncIterator[Engine
     finally:
         await router.stop()
         await store.disconnect()
+
+
+async def collect(stream, until_index: int, timeout: float = 10.0) -> list[Message]:
+    """The messages of a subscription up to index ``until_index`` (fails after ``timeout``)."""
+    got: list[Message] = []
+
+    async def run() -> None:
+        async for message in stream:
+            got.append(message)
+            if message.index is not None and message.index >= until_index:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return got

@@ -39,7 +39,7 @@ from engine.store.cache import Cache
 from engine.store.conversation_tables import conversations, messages, segments
 from engine.store.db import Store
 
-from .conftest import CCID, MODEL, SMS_CHANNEL, Engine
+from .conftest import CCID, MODEL, SMS_CHANNEL, Engine, collect
 
 #: the tests of the batcher itself: PostgreSQL + Redis only
 pg_only = pytest.mark.parametrize("backend", ["postgresql+redis"], indirect=True)
@@ -68,19 +68,6 @@ def _delta(service: ConversationService, before: Counters) -> Counters:
         now.appended - before.appended,
         now.declined - before.declined,
     )
-
-
-async def _collect(stream, until_index: int, timeout: float = 10.0) -> list[Message]:
-    got: list[Message] = []
-
-    async def run() -> None:
-        async for message in stream:
-            got.append(message)
-            if message.index is not None and message.index >= until_index:
-                return
-
-    await asyncio.wait_for(run(), timeout)
-    return got
 
 
 async def _assert_gapless(engine: Engine, conversation_id: str) -> list[Message]:
@@ -636,9 +623,9 @@ async def test_subscriber_gets_every_group_committed_message_once_in_order(
     monkeypatch.setattr(engine.router, "publish_pairs", spy)
     streams = [service.subscribe(CCID, c.id, 1) for c in convs]
     for stream in streams:
-        assert [m.index for m in await _collect(stream, 1)] == [1]
+        assert [m.index for m in await collect(stream, 1)] == [1]
     raw = await engine.cache.subscribe(conversation_channel(convs[0].id))
-    collectors = [asyncio.create_task(_collect(s, 31)) for s in streams]
+    collectors = [asyncio.create_task(collect(s, 31)) for s in streams]
     await asyncio.sleep(0)
     before = _counters(service)
     await asyncio.gather(

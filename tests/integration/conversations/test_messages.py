@@ -22,20 +22,7 @@ from engine.routing.conversation_models import (
 )
 from engine.store.conversation_tables import conversations, interaction_events, segments
 
-from .conftest import CCID, SMS_CHANNEL, Engine
-
-
-async def _collect(stream, until_index: int, timeout: float = 10.0) -> list[Message]:
-    got: list[Message] = []
-
-    async def run() -> None:
-        async for message in stream:
-            got.append(message)
-            if message.index is not None and message.index >= until_index:
-                return
-
-    await asyncio.wait_for(run(), timeout)
-    return got
+from .conftest import CCID, SMS_CHANNEL, Engine, collect
 
 
 async def test_session_messages_and_indexes(engine: Engine) -> None:
@@ -90,7 +77,7 @@ async def test_lost_publish_is_recovered_and_resume_has_no_duplicate(
 ) -> None:
     conv = await engine.session()
     stream = engine.service.subscribe(CCID, conv.id, 1)
-    first = await _collect(stream, 1)
+    first = await collect(stream, 1)
     assert [m.index for m in first] == [1]
 
     async def lost(*args, **kwargs) -> None:  # the process "dies" between commit and publish
@@ -101,11 +88,11 @@ async def test_lost_publish_is_recovered_and_resume_has_no_duplicate(
     assert acked.index == 2  # acknowledged: it is in the store
     monkeypatch.undo()
     # the live subscriber gets it from the store (poll), exactly once
-    more = await _collect(stream, 2)
+    more = await collect(stream, 2)
     assert [m.index for m in more] == [2]
     await stream.aclose()
     # a resume on "another process" from index 1 replays both, once each
-    resumed = await _collect(engine.service.subscribe(CCID, conv.id, 1), 2)
+    resumed = await collect(engine.service.subscribe(CCID, conv.id, 1), 2)
     assert [m.index for m in resumed] == [1, 2]
 
 
@@ -114,7 +101,7 @@ async def test_failure_after_publish_retry_is_idempotent(
 ) -> None:
     conv = await engine.session()
     stream = engine.service.subscribe(CCID, conv.id, 1)
-    await _collect(stream, 1)
+    await collect(stream, 1)
     original = engine.router.publish_messages
 
     async def publish_then_crash(segment, messages) -> None:
@@ -139,7 +126,7 @@ async def test_failure_after_publish_retry_is_idempotent(
     )
     assert again.index == 2
     after = await engine.service.post_customer_message(CCID, conv.id, "next")
-    got = await _collect(stream, after.index or 0)
+    got = await collect(stream, after.index or 0)
     assert [m.index for m in got] == [2, 3]
     await stream.aclose()
     stored = await engine.service.read_messages(CCID, conv.id)
@@ -166,7 +153,7 @@ async def test_subscribe_replay_then_live_without_gap_or_duplicate(
 
     monkeypatch.setattr(repo, "read_messages", racing_read)
     stream = engine.service.subscribe(CCID, conv.id, 2)
-    collector = asyncio.create_task(_collect(stream, 19))
+    collector = asyncio.create_task(collect(stream, 19))
     posters = [
         engine.service.post_customer_message(CCID, conv.id, f"after{i}") for i in range(10)
     ]
@@ -178,10 +165,10 @@ async def test_subscribe_replay_then_live_without_gap_or_duplicate(
 async def test_typing_is_live_only(engine: Engine) -> None:
     conv = await engine.session()
     stream = engine.service.subscribe(CCID, conv.id, 1)
-    await _collect(stream, 1)
+    await collect(stream, 1)
     await engine.service.typing(CCID, conv.id, started=True)
     posted = await engine.service.post_customer_message(CCID, conv.id, "typed")
-    got = await _collect(stream, posted.index or 0)
+    got = await collect(stream, posted.index or 0)
     await stream.aclose()
     assert [m.type for m in got] == [MessageType.TYPING_STARTED, MessageType.TEXT]
     assert got[0].index is None
