@@ -265,8 +265,8 @@ class AppendBatcher:
             for r in batch
             if r.conversation_id is None and r.channel_id and r.address
         })
-        async with self.store.raw_transaction() as conn:
-            if by_address:
+        async with self.store.raw_connection() as conn:
+            if by_address:  # an unlocked read: outside the transaction
                 found = await conn.fetch(
                     _IDS_BY_ADDRESS,
                     [t for t, _, _ in by_address],
@@ -274,49 +274,53 @@ class AppendBatcher:
                     [a for _, _, a in by_address],
                 )
                 wanted |= {(row["tenant"], row["id"]) for row in found}
-            # sorted by id: every batch takes its row locks in the same order
-            order = sorted(wanted, key=lambda key: key[1])
-            rows: list[Any] = (
-                await conn.fetch(_LOCK_BY_ID, [t for t, _ in order], [c for _, c in order])
-                if order
-                else []
+            if not wanted:
+                return []  # first messages of their senders: nothing to lock
+            async with conn.transaction():
+                return await self._append(conn, batch, wanted)
+
+    async def _append(
+        self, conn: Any, batch: list[_Request], wanted: set[tuple[str, str]]
+    ) -> list[tuple[_Request, Appended]]:
+        # sorted by id: every batch takes its row locks in the same order
+        order = sorted(wanted, key=lambda key: key[1])
+        rows = await conn.fetch(_LOCK_BY_ID, [t for t, _ in order], [c for _, c in order])
+        if not rows:
+            return []
+        locked = {row["id"]: row for row in rows}
+        by_key: dict[tuple[str, ...], str] = {}
+        for row in rows:
+            by_key[(row["tenant"], row["id"])] = row["id"]
+            if row["channel_id"] is not None and row["customer_address"] is not None:
+                by_key[(row["tenant"], row["channel_id"], row["customer_address"])] = row["id"]
+        # who goes where: per conversation, in arrival order
+        targets: dict[str, list[_Request]] = {}
+        for request in batch:
+            key: tuple[str, ...] = (
+                (request.tenant, request.conversation_id)
+                if request.conversation_id
+                else (request.tenant, request.channel_id or "", request.address or "")
             )
-            if not rows:
-                return []
-            locked = {row["id"]: row for row in rows}
-            by_key: dict[tuple[str, ...], str] = {}
-            for row in rows:
-                by_key[(row["tenant"], row["id"])] = row["id"]
-                if row["channel_id"] is not None and row["customer_address"] is not None:
-                    by_key[(row["tenant"], row["channel_id"], row["customer_address"])] = row["id"]
-            # who goes where: per conversation, in arrival order
-            targets: dict[str, list[_Request]] = {}
-            for request in batch:
-                key: tuple[str, ...] = (
-                    (request.tenant, request.conversation_id)
-                    if request.conversation_id
-                    else (request.tenant, request.channel_id or "", request.address or "")
-                )
-                cid = by_key.get(key)
-                if cid is not None:
-                    targets.setdefault(cid, []).append(request)
-            if not targets:
-                return []
-            now = from_epoch(self.clock())
-            columns: list[list[Any]] = [[] for _ in range(11)]
-            ids: dict[int, str] = {}
-            for cid, requests in targets.items():
-                row = locked[cid]
-                for k, request in enumerate(requests, start=1):
-                    message_id = str(uuid.uuid4())
-                    ids[id(request)] = message_id
-                    for column, value in zip(columns, (
-                        cid, k, len(requests), message_id, row["tenant"], str(request.type),
-                        request.text, row["customer_id"], row["customer_nickname"],
-                        str(ParticipantType.CUSTOMER), request.provider_message_id,
-                    ), strict=True):
-                        column.append(value)
-            stored = await conn.fetch(_APPEND, list(targets), *columns, now)
+            cid = by_key.get(key)
+            if cid is not None:
+                targets.setdefault(cid, []).append(request)
+        if not targets:
+            return []
+        now = from_epoch(self.clock())
+        columns: list[list[Any]] = [[] for _ in range(11)]
+        ids: dict[int, str] = {}
+        for cid, requests in targets.items():
+            row = locked[cid]
+            for k, request in enumerate(requests, start=1):
+                message_id = str(uuid.uuid4())
+                ids[id(request)] = message_id
+                for column, value in zip(columns, (
+                    cid, k, len(requests), message_id, row["tenant"], str(request.type),
+                    request.text, row["customer_id"], row["customer_nickname"],
+                    str(ParticipantType.CUSTOMER), request.provider_message_id,
+                ), strict=True):
+                    column.append(value)
+        stored = await conn.fetch(_APPEND, list(targets), *columns, now)
         return self._results(targets, locked, ids, stored, now)
 
     @staticmethod

@@ -424,18 +424,16 @@ class Store:
         metrics.duration["transaction"].observe((perf_counter() - start) * 1000.0)
 
     @asynccontextmanager
-    async def raw_transaction(self) -> AsyncIterator[Any]:
-        """PostgreSQL only: a pooled asyncpg connection in a transaction of its own, for hot
-        paths that run prebuilt SQL (``$n`` placeholders, array parameters) without the
-        `databases` layer. Commits on success, rolls back on any exception; driver errors
-        are translated like every other query's (:class:`Conflict`, ...)."""
+    async def raw_connection(self) -> AsyncIterator[Any]:
+        """PostgreSQL only: a pooled asyncpg connection, for hot paths that run prebuilt SQL
+        (``$n`` placeholders, array parameters) without the `databases` layer; open a
+        transaction on it with ``async with conn.transaction():``. Driver errors are
+        translated like every other query's (:class:`Conflict`, ...)."""
         if self.dialect != "postgresql":
-            raise StoreError("raw transactions need PostgreSQL")
+            raise StoreError("raw connections need PostgreSQL")
         async with self._transaction_connection() as conn:
-            raw = conn.raw_connection
             try:
-                async with raw.transaction():
-                    yield raw
+                yield conn.raw_connection
             except StoreError:
                 raise
             except Exception as exc:
