@@ -220,6 +220,7 @@ class Cache:
         #: claims waiting for the next pipeline (see :meth:`claim`)
         self._claims: list[tuple[str, str, int, asyncio.Future[str | None]]] = []
         self._claim_tasks: set[asyncio.Task[None]] = set()
+        self._set_get = True  # SET NX GET (Redis >= 7.0); False after the server refused it
         self.last_error: str | None = None
 
     def __repr__(self) -> str:
@@ -536,8 +537,9 @@ class Cache:
         delivery, or the marker another delivery left).
 
         Claims made by concurrent tasks of this process share one pipeline round trip
-        (``SET NX PX`` + ``GET`` per key): a busy webhook pays one Redis call per event-loop
-        turn, not one per request. On a cluster each claim is its own call."""
+        (``SET NX PX GET`` per key; ``SET NX PX`` + ``GET`` on a Redis older than 7.0): a busy
+        webhook pays one Redis call per event-loop turn, not one per request. On a cluster
+        each claim is its own call."""
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
         px = max(1, int(ttl_seconds * 1000))
@@ -560,12 +562,23 @@ class Cache:
         async def op(client: Client) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
                 for full, value, px, _ in claims:
-                    pipe.set(full, value, px=px, nx=True)
-                    pipe.get(full)
+                    if self._set_get:  # one command: the old value, or None when set now
+                        pipe.set(full, value, px=px, nx=True, get=True)
+                    else:
+                        pipe.set(full, value, px=px, nx=True)
+                        pipe.get(full)
                 return await pipe.execute()
 
         try:
-            replies = await self.call(op)
+            try:
+                replies = await self.call(op)
+            except rexc.ResponseError:
+                if not self._set_get:
+                    raise
+                # Redis < 7.0 has no SET NX GET: SET NX and GET from now on
+                log.info("redis has no SET NX GET; claims use SET NX + GET")
+                self._set_get = False
+                replies = await self.call(op)
         except Exception as exc:  # noqa: BLE001 - every waiter gets the error
             for *_, future in claims:
                 if not future.done():
@@ -574,8 +587,12 @@ class Cache:
         for i, (*_, future) in enumerate(claims):
             if future.done():  # the caller was cancelled
                 continue
-            was_set, current = replies[2 * i], replies[2 * i + 1]
-            future.set_result(None if was_set else (current if current is not None else ""))
+            if self._set_get:
+                old = replies[i]
+                future.set_result(old)
+            else:
+                was_set, current = replies[2 * i], replies[2 * i + 1]
+                future.set_result(None if was_set else (current if current is not None else ""))
 
     async def hit(self, key: str, capacity: int, window_seconds: float) -> RateLimit:
         """Count one request against ``key``: at most ``capacity`` per fixed window of

@@ -237,3 +237,68 @@ async def test_cluster_claims_one_call_each_with_the_same_answers(
     assert await cache.claim("cl:empty", "v", 60) == ""  # taken, not free
     with pytest.raises(ValueError):
         await cache.claim("cl:3", "v", 0)
+
+
+async def test_claims_without_set_nx_get_use_set_nx_and_get(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis older than 7.0 refuses ``SET ... NX GET``: the first pipeline fails with a
+    ResponseError, the claims are sent again as SET NX + GET, and later claims use that form
+    (the answers are the same either way)."""
+    import redis.exceptions as rexc
+
+    original = cache.call
+    refused: list[int] = []
+
+    async def old_redis(op):
+        if cache._set_get:
+            refused.append(1)
+            raise rexc.ResponseError("ERR syntax error")
+        return await original(op)
+
+    monkeypatch.setattr(cache, "call", old_redis)
+    await cache.client.set(cache.key("old:taken"), "done:7")
+    first = await asyncio.gather(
+        cache.claim("old:free", "pending", 30), cache.claim("old:taken", "pending", 30)
+    )
+    assert first == [None, "done:7"]
+    assert refused == [1] and cache._set_get is False
+    assert await cache.claim("old:free", "again", 30) == "pending"
+    assert refused == [1]  # not tried again
+    assert 0 < await _pttl(cache, "old:free") <= 30_000
+
+
+async def test_set_nx_get_is_one_command_per_claim(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SET NX GET (Redis >= 7.0, fakeredis) a claim is one command in the pipeline."""
+    sent: list[tuple] = []
+    original = cache.call
+
+    async def spy(op):
+        class Recorder:
+            def __init__(self, client):
+                self.client = client
+
+            def pipeline(self, **kwargs):
+                pipe = self.client.pipeline(**kwargs)
+                real_set, real_get = pipe.set, pipe.get
+
+                def set_(*args, **kw):
+                    sent.append(("set", kw.get("get", False)))
+                    return real_set(*args, **kw)
+
+                def get_(*args, **kw):
+                    sent.append(("get",))
+                    return real_get(*args, **kw)
+
+                pipe.set, pipe.get = set_, get_
+                return pipe
+
+        return await original(lambda client: op(Recorder(client)))
+
+    monkeypatch.setattr(cache, "call", spy)
+    assert await asyncio.gather(*(cache.claim(f"one:{i}", "p", 30) for i in range(3))) == [
+        None, None, None
+    ]
+    assert sent == [("set", True)] * 3
