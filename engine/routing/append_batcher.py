@@ -43,6 +43,7 @@ from engine.routing.conversation_models import (
     Segment,
     from_epoch,
 )
+from engine.routing.conversation_repo import Draft
 from engine.store.conversation_tables import OPEN_SEGMENT_STATES
 from engine.store.db import Store
 from engine.store.errors import Conflict, StoreError
@@ -343,18 +344,16 @@ class AppendBatcher:
                 last_index=int(locked[cid]["last_index"]) + len(requests),
             )
             for request, row in zip(requests, rows, strict=True):
-                message = Message(
-                    conversation_id=cid,
-                    index=int(row["message_idx"]),
-                    id=row["message_id"],
-                    type=request.type,
-                    text=request.text,
-                    from_participant_id=conversation.customer_id,
+                draft = Draft(
+                    request.type,
+                    conversation.customer_id,
+                    ParticipantType.CUSTOMER,
                     from_nickname=conversation.customer_nickname,
-                    from_type=ParticipantType.CUSTOMER,
-                    timestamp=now,
-                    segment_id=segment.id,
+                    text=request.text,
                     provider_message_id=request.provider_message_id,
+                )
+                message = draft.stored(
+                    cid, int(row["message_idx"]), row["message_id"], now, segment.id
                 )
                 out.append((request, Appended(conversation, segment, message)))
         return out

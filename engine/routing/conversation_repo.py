@@ -65,6 +65,31 @@ class Draft:
     provider_message_id: str | None = None
     status: MessageStatus | None = None
 
+    def stored(
+        self,
+        conversation_id: str,
+        index: int,
+        message_id: str,
+        timestamp: datetime,
+        segment_id: str | None = None,
+    ) -> Message:
+        """The message as stored at ``index`` (``segment_id`` overrides the draft's)."""
+        return Message(
+            conversation_id=conversation_id,
+            index=index,
+            id=message_id,
+            type=self.type,
+            text=self.text,
+            from_participant_id=self.from_participant_id,
+            from_nickname=self.from_nickname,
+            from_type=self.from_type,
+            timestamp=timestamp,
+            segment_id=segment_id if segment_id is not None else self.segment_id,
+            file_id=self.file_id,
+            provider_message_id=self.provider_message_id,
+            status=self.status,
+        )
+
 
 _OPEN_STATES_SQL = ", ".join(f"'{state}'" for state in OPEN_SEGMENT_STATES)
 
@@ -125,20 +150,8 @@ class ConversationRepo:
         if row is None:
             return None
         segment = Segment.from_row(row)
-        message = Message(
-            conversation_id=conversation.id,
-            index=conversation.last_index,
-            id=message_id,
-            type=draft.type,
-            text=draft.text,
-            from_participant_id=draft.from_participant_id,
-            from_nickname=draft.from_nickname,
-            from_type=draft.from_type,
-            timestamp=now,
-            segment_id=segment.id,
-            file_id=draft.file_id,
-            provider_message_id=draft.provider_message_id,
-            status=draft.status,
+        message = draft.stored(
+            conversation.id, conversation.last_index, message_id, now, segment.id
         )
         return segment, message
 
@@ -287,21 +300,7 @@ class ConversationRepo:
         out: list[Message] = []
         rows: list[dict[str, Any]] = []
         for offset, draft in enumerate(drafts):
-            message = Message(
-                conversation_id=conversation.id,
-                index=first + offset,
-                id=str(uuid.uuid4()),
-                type=draft.type,
-                text=draft.text,
-                from_participant_id=draft.from_participant_id,
-                from_nickname=draft.from_nickname,
-                from_type=draft.from_type,
-                timestamp=now,
-                segment_id=draft.segment_id,
-                file_id=draft.file_id,
-                provider_message_id=draft.provider_message_id,
-                status=draft.status,
-            )
+            message = draft.stored(conversation.id, first + offset, str(uuid.uuid4()), now)
             out.append(message)
             rows.append(
                 {
