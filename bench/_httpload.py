@@ -157,6 +157,7 @@ async def _listener(conn: Any, urls: list[str]) -> None:
     import websockets
 
     latencies: dict[int, float] = {}
+    sent_at: dict[int, int] = {}
     sockets = [await websockets.connect(url, open_timeout=15, max_queue=None) for url in urls]
 
     async def listen(ws: Any) -> None:
@@ -171,7 +172,9 @@ async def _listener(conn: Any, urls: list[str]) -> None:
                 text = event["message"].get("text") or ""
                 if text.startswith("bench-"):
                     _, sent, seq = text.split("-")
-                    latencies.setdefault(int(seq), (now - int(sent)) / 1e6)
+                    if int(seq) not in latencies:
+                        latencies[int(seq)] = (now - int(sent)) / 1e6
+                        sent_at[int(seq)] = int(sent)
         except websockets.ConnectionClosed:
             pass
 
@@ -192,4 +195,5 @@ async def _listener(conn: Any, urls: list[str]) -> None:
         task.cancel()
     for ws in sockets:
         await ws.close()
-    conn.send({"latencies": list(latencies.values()), "cpu_s": cpu})
+    conn.send({"latencies": list(latencies.values()), "cpu_s": cpu,
+               "samples": [(sent_at[seq], ms) for seq, ms in latencies.items()]})

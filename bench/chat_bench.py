@@ -125,7 +125,8 @@ spec:
 
 
 async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
-                agent_names: list[str], senders: int, engine_pid: int) -> dict[str, Any]:
+                agent_names: list[str], senders: int, engine_pid: int,
+                dump: Path | None = None) -> dict[str, Any]:
     key = env["T1001_WIDGET_LOAD_KEY"]
     agents = [AgentClient(api, T1001, name, env[f"T1001_{name.upper()}_PASSWORD"])
               for name in agent_names]
@@ -202,6 +203,9 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
            for p in ticks1}
     ms = heard["latencies"]
     post_errors = sum(r["errors"] for r in results)
+    if dump:  # one line per message: ms since the start of the schedule, latency in ms
+        dump.write_text("".join(f"{(sent - began) / 1e6:.3f} {lat:.3f}\n"
+                                for sent, lat in sorted(heard["samples"])))
     return {
         "rate": rate, "sessions": len(customers), "agents": len(agents), "senders": senders,
         "sent": total, "delivered": len(ms), "errors": post_errors + ok - len(ms),
@@ -260,6 +264,8 @@ def main() -> int:
                         help="agents (alice, bob and load01...), chat capacity 3 each; "
                         "one customer session per slot, at most 50 (the queue's capacity)")
     parser.add_argument("--senders", type=int, default=2, help="sender processes")
+    parser.add_argument("--dump", type=Path, help="write each message's send time and "
+                        "latency (ms) to this file, to see when the slow ones happened")
     parser.add_argument("--pg-url", default=os.environ.get(
         "NEXUS_TEST_DB_URL", "postgresql://postgres@127.0.0.1:5432/test"))
     parser.add_argument("--redis-url", default=os.environ.get(
@@ -278,7 +284,8 @@ def main() -> int:
         try:
             report = {"workers": args.workers}
             report["relay"] = asyncio.run(relay(engine.api, engine.env, args.seconds, args.rate,
-                                                 names, args.senders, engine.proc.pid))
+                                                 names, args.senders, engine.proc.pid,
+                                                 args.dump))
             print(json.dumps(report["relay"]), flush=True)
             if args.sessions:
                 report["sessions"] = asyncio.run(
