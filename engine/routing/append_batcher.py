@@ -4,8 +4,9 @@ The common case of chat and SMS traffic is a customer's text into a conversation
 open and has an open segment. Done one by one, each such message costs a lookup, a
 transaction (BEGIN, lock and reserve, insert, COMMIT) and a publish: a handful of round trips
 and, in Python, far more CPU than the database work itself. :class:`AppendBatcher` takes the
-messages that arrive while a commit is in flight and stores them together in one transaction
-of four or five round trips, whatever their number, then publishes them in one Redis pipeline.
+messages that arrive while a commit is in flight and stores them together in one call of the
+function ``nexus_append_batch`` (migration v0005): one round trip and one transaction, whatever
+their number. Then it publishes them in one Redis pipeline.
 
 Guarantees are those of :meth:`ConversationService._post` (see docs/conversations.md):
 
@@ -13,9 +14,9 @@ Guarantees are those of :meth:`ConversationService._post` (see docs/conversation
   id order, conversations named by address resolved to their ids first: two batches do not
   deadlock each other, and a one-conversation transaction of the general path cannot form a
   cycle with them; should another shape ever deadlock, the batch takes the general path),
-  reads their
-  open segments with a fresh snapshot *after* the locks, and reserves indexes only for the
-  messages that have an open segment to go to;
+  reads their open segments with a fresh snapshot *after* the locks (the function is
+  VOLATILE: a snapshot per statement), and reserves indexes only for the messages that have
+  an open segment to go to;
 * **durable before acknowledged**: a caller's future resolves after the COMMIT;
 * **a provider message id stored once**: the unique index stands; a batch that hits it (a
   retry whose idempotency marker is gone, a concurrent duplicate) rolls back as a whole, and
@@ -31,7 +32,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,7 +45,6 @@ from engine.routing.conversation_models import (
     from_epoch,
 )
 from engine.routing.conversation_repo import Draft
-from engine.store.conversation_tables import OPEN_SEGMENT_STATES
 from engine.store.db import Store
 from engine.store.errors import Conflict, StoreError
 
@@ -55,45 +55,12 @@ MAX_BATCH = 256
 #: batches of one process committing at the same time (the next one fills meanwhile)
 MAX_INFLIGHT = 2
 
-_OPEN_STATES = ", ".join(f"'{s}'" for s in OPEN_SEGMENT_STATES)
-
-# One parameterised index lookup per conversation (LATERAL ... LIMIT 1 is never flattened
-# into a join, so the plan does not depend on table statistics). Messages named by address
-# are first resolved to conversation ids without a lock; then every row of the batch is
-# locked as it is found, in the order of the id array, which the caller sorts: all batches,
-# whatever their shape, take their locks in id order and never deadlock each other.
-_IDS_BY_ADDRESS = (
-    "SELECT v.tenant, c.id FROM unnest($1::text[], $2::text[], $3::text[]) "
-    "AS v(tenant, channel_id, address) "
-    "CROSS JOIN LATERAL (SELECT x.id FROM conversations x WHERE x.tenant = v.tenant "
-    "AND x.channel_id = v.channel_id AND x.customer_address = v.address "
-    "AND x.state = 'open' LIMIT 1) c"
-)
-_LOCK_BY_ID = (
-    "SELECT c.* FROM unnest($1::text[], $2::text[]) AS v(tenant, id) "
-    "CROSS JOIN LATERAL (SELECT * FROM conversations x WHERE x.id = v.id "
-    "AND x.tenant = v.tenant AND x.state = 'open' LIMIT 1 FOR UPDATE) c"
-)
-# After the locks, one statement (its snapshot is taken after them, so it sees every change
-# made under them): read the open segments, reserve the indexes of the messages that have one
-# to go to, insert those messages. Two round trips (this and COMMIT) with the locks held.
-_APPEND = (
-    "WITH seg AS (SELECT * FROM segments WHERE conversation_id = ANY($1::text[]) "
-    f"AND state IN ({_OPEN_STATES})), "
-    "m AS (SELECT * FROM unnest($2::text[], $3::int[], $4::int[], $5::text[], $6::text[], "
-    "$7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[]) "
-    "AS m(cid, k, n, id, tenant, type, text, fpid, fnick, ftype, pmid) "
-    "WHERE m.cid IN (SELECT conversation_id FROM seg)), "
-    "r AS (UPDATE conversations c SET last_index = c.last_index + x.n, updated = $13 "
-    "FROM (SELECT DISTINCT cid, n FROM m) x WHERE c.id = x.cid "
-    "RETURNING c.id, c.last_index), "
-    "i AS (INSERT INTO messages (conversation_id, idx, id, tenant, type, text, "
-    "from_participant_id, from_nickname, from_type, segment_id, provider_message_id, "
-    "timestamp) SELECT m.cid, r.last_index - m.n + m.k, m.id, m.tenant, m.type, m.text, "
-    "m.fpid, m.fnick, m.ftype, s.id, m.pmid, $13 FROM m JOIN r ON r.id = m.cid "
-    "JOIN seg s ON s.conversation_id = m.cid RETURNING id, idx, conversation_id) "
-    "SELECT i.id AS message_id, i.idx AS message_idx, s.* FROM i "
-    "JOIN seg s ON s.conversation_id = i.conversation_id"
+# One round trip: the function of migration v0005 finds, locks (in id order) and appends in
+# the call's own transaction; see engine/store/migrations/v0005_append_function.py.
+_APPEND_BATCH = (
+    "SELECT message_id, message_idx, conv, seg FROM nexus_append_batch("
+    "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
+    "$8::text[], $9::text, $10::timestamptz)"
 )
 
 
@@ -260,100 +227,52 @@ class AppendBatcher:
             request.future.set_result(found)
 
     async def _store(self, batch: list[_Request]) -> list[tuple[_Request, Appended]]:
-        wanted = {(r.tenant, r.conversation_id) for r in batch if r.conversation_id}
-        by_address = sorted({
-            (r.tenant, r.channel_id, r.address)
-            for r in batch
-            if r.conversation_id is None and r.channel_id and r.address
-        })
-        async with self.store.raw_connection() as conn:
-            if by_address:  # an unlocked read: outside the transaction
-                found = await conn.fetch(
-                    _IDS_BY_ADDRESS,
-                    [t for t, _, _ in by_address],
-                    [c for _, c, _ in by_address],
-                    [a for _, _, a in by_address],
-                )
-                wanted |= {(row["tenant"], row["id"]) for row in found}
-            if not wanted:
-                return []  # first messages of their senders: nothing to lock
-            async with conn.transaction():
-                return await self._append(conn, batch, wanted)
-
-    async def _append(
-        self, conn: Any, batch: list[_Request], wanted: set[tuple[str, str]]
-    ) -> list[tuple[_Request, Appended]]:
-        # sorted by id: every batch takes its row locks in the same order
-        order = sorted(wanted, key=lambda key: key[1])
-        rows = await conn.fetch(_LOCK_BY_ID, [t for t, _ in order], [c for _, c in order])
-        if not rows:
-            return []
-        locked = {row["id"]: row for row in rows}
-        by_key: dict[tuple[str, ...], str] = {}
-        for row in rows:
-            by_key[(row["tenant"], row["id"])] = row["id"]
-            if row["channel_id"] is not None and row["customer_address"] is not None:
-                by_key[(row["tenant"], row["channel_id"], row["customer_address"])] = row["id"]
-        # who goes where: per conversation, in arrival order
-        targets: dict[str, list[_Request]] = {}
-        for request in batch:
-            key: tuple[str, ...] = (
-                (request.tenant, request.conversation_id)
-                if request.conversation_id
-                else (request.tenant, request.channel_id or "", request.address or "")
-            )
-            cid = by_key.get(key)
-            if cid is not None:
-                targets.setdefault(cid, []).append(request)
-        if not targets:
-            return []
+        ids = [str(uuid.uuid4()) for _ in batch]
         now = from_epoch(self.clock())
-        columns: list[list[Any]] = [[] for _ in range(11)]
-        ids: dict[int, str] = {}
-        for cid, requests in targets.items():
-            row = locked[cid]
-            for k, request in enumerate(requests, start=1):
-                message_id = str(uuid.uuid4())
-                ids[id(request)] = message_id
-                for column, value in zip(columns, (
-                    cid, k, len(requests), message_id, row["tenant"], str(request.type),
-                    request.text, row["customer_id"], row["customer_nickname"],
-                    str(ParticipantType.CUSTOMER), request.provider_message_id,
-                ), strict=True):
-                    column.append(value)
-        stored = await conn.fetch(_APPEND, list(targets), *columns, now)
-        return self._results(targets, locked, ids, stored, now)
+        async with self.store.raw_connection() as conn:
+            rows = await conn.fetch(
+                _APPEND_BATCH,
+                [r.tenant for r in batch],
+                [r.conversation_id for r in batch],
+                [None if r.conversation_id else r.channel_id for r in batch],
+                [None if r.conversation_id else r.address for r in batch],
+                ids,
+                [str(r.type) for r in batch],
+                [r.text for r in batch],
+                [r.provider_message_id for r in batch],
+                str(ParticipantType.CUSTOMER),
+                now,
+            )
+        return self._results(batch, ids, rows, now)
 
     @staticmethod
     def _results(
-        targets: dict[str, list[_Request]],
-        locked: dict[str, Any],
-        ids: dict[int, str],
-        stored: list[Any],
-        now: datetime,
+        batch: list[_Request], ids: list[str], rows: list[Any], now: datetime
     ) -> list[tuple[_Request, Appended]]:
-        by_message = {row["message_id"]: row for row in stored}
+        by_message = {row["message_id"]: row for row in rows}
+        conversations: dict[str, Conversation] = {}
+        segments: dict[str, Segment] = {}
         out: list[tuple[_Request, Appended]] = []
-        for cid, requests in targets.items():
-            rows = [by_message.get(ids[id(r)]) for r in requests]
-            if rows[0] is None:
-                continue  # no open segment: nothing was reserved or inserted
-            segment = Segment.from_row(rows[0])
-            conversation = replace(
-                Conversation.from_row(locked[cid]),
-                last_index=int(locked[cid]["last_index"]) + len(requests),
+        for request, message_id in zip(batch, ids, strict=True):
+            row = by_message.get(message_id)
+            if row is None:
+                continue  # no open conversation or segment: nothing was stored
+            conv, seg = row["conv"], row["seg"]
+            conversation = conversations.get(conv["id"])
+            if conversation is None:
+                conversation = conversations[conv["id"]] = Conversation.from_row(conv)
+                segments[conv["id"]] = Segment.from_row(seg)
+            segment = segments[conv["id"]]
+            draft = Draft(
+                request.type,
+                conversation.customer_id,
+                ParticipantType.CUSTOMER,
+                from_nickname=conversation.customer_nickname,
+                text=request.text,
+                provider_message_id=request.provider_message_id,
             )
-            for request, row in zip(requests, rows, strict=True):
-                draft = Draft(
-                    request.type,
-                    conversation.customer_id,
-                    ParticipantType.CUSTOMER,
-                    from_nickname=conversation.customer_nickname,
-                    text=request.text,
-                    provider_message_id=request.provider_message_id,
-                )
-                message = draft.stored(
-                    cid, int(row["message_idx"]), row["message_id"], now, segment.id
-                )
-                out.append((request, Appended(conversation, segment, message)))
+            message = draft.stored(
+                conversation.id, int(row["message_idx"]), message_id, now, segment.id
+            )
+            out.append((request, Appended(conversation, segment, message)))
         return out
