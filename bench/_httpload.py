@@ -113,16 +113,19 @@ async def _sender(conn: Any, index: int, count: int, host: str, port: int, api_k
     cpu0 = cpu_seconds()
     errors = ok = 0
     late_ns = 0
+    answered: list[tuple[int, float]] = []  # (send time, ms until the POST's answer)
 
     async def send(i: int, client: Session) -> None:
         nonlocal errors, ok
+        sent = time.monotonic_ns()
         try:
-            status = await client.post_text(f"bench-{time.monotonic_ns()}-{i}")
+            status = await client.post_text(f"bench-{sent}-{i}")
         except (OSError, asyncio.IncompleteReadError, ValueError):
             errors += 1
             return
         if status == 200:
             ok += 1
+            answered.append((sent, (time.monotonic_ns() - sent) / 1e6))
         else:
             errors += 1
 
@@ -145,7 +148,7 @@ async def _sender(conn: Any, index: int, count: int, host: str, port: int, api_k
         for c in client.idle:
             c.close()
     conn.send({"ok": ok, "errors": errors, "end_ns": end_ns, "max_late_ms": late_ns / 1e6,
-               "cpu_s": cpu_seconds() - cpu0})
+               "cpu_s": cpu_seconds() - cpu0, "answered": answered})
 
 
 def listener(conn: Any, urls: list[str]) -> None:

@@ -52,7 +52,7 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -65,7 +65,7 @@ from engine.api.errors import BadRequest, MissingParameter, NexusError, Unavaila
 from engine.api.openapi import describe
 from engine.api.security import principal_of, require
 from engine.auth.principal import ALL_TENANTS, Principal
-from engine.auth.tokens import TokenError, issue, verify
+from engine.auth.tokens import TokenError, VerifiedTokens, issue
 from engine.routing.conversation_models import (
     ConversationError,
     FilePolicy,
@@ -106,6 +106,11 @@ class ChatRuntime:
     secret: str
     policy: FilePolicy
     token_ttl: int = CLIENT_TOKEN_TTL
+    #: client tokens verified so far (every customer request presents one)
+    tokens: VerifiedTokens = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", VerifiedTokens(self.secret, typ=TOKEN_TYPE))
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +256,7 @@ def check_client_token(chat: ChatRuntime, token: str | None, ccid: str, session_
     if not token:
         raise ChatAuthError(field=CLIENT_KEY_HEADER)
     try:
-        claims = verify(token.strip(), chat.secret, typ=TOKEN_TYPE)
+        claims = chat.tokens.verify(token.strip())
     except TokenError:
         raise ChatAuthError(field=CLIENT_KEY_HEADER) from None
     if claims.get("sessionId") != session_id or claims.get("ccid") != ccid:

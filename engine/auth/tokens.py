@@ -149,3 +149,43 @@ def verify(
     if typ is not None and claims.get("typ") != typ:
         raise TokenError(f"not an {typ} token" if typ[0] in "aeiou" else f"not a {typ} token")
     return claims
+
+
+class VerifiedTokens:
+    """:func:`verify` with a memo of the tokens that passed, for tokens presented on every
+    request (a chat client's key): a repeat costs a dict lookup and the expiry check instead
+    of base64, JSON and HMAC. Only successes are kept (at most ``maxsize``, the oldest
+    dropped first); a hit is still refused once expired. The returned claims are shared:
+    read them, do not change them."""
+
+    def __init__(
+        self,
+        secret: str | bytes,
+        *,
+        typ: str | None = None,
+        leeway: float = DEFAULT_LEEWAY,
+        maxsize: int = 16384,
+    ) -> None:
+        self.secret = secret
+        self.typ = typ
+        self.leeway = leeway
+        self.maxsize = maxsize
+        self._memo: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def verify(self, token: str, *, now: float | None = None) -> dict[str, Any]:
+        current = time.time() if now is None else now
+        hit = self._memo.get(token)
+        if hit is not None:
+            claims, exp = hit
+            if current <= exp + self.leeway:
+                return claims
+            del self._memo[token]
+        claims = verify(token, self.secret, typ=self.typ, leeway=self.leeway, now=current)
+        if len(self._memo) >= self.maxsize:
+            del self._memo[next(iter(self._memo))]
+        # nbf and iat were in the past when it verified; only exp can end its validity
+        self._memo[token] = (claims, float(claims["exp"]))
+        return claims
+
+    def __len__(self) -> int:
+        return len(self._memo)

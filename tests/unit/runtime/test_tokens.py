@@ -116,3 +116,48 @@ def test_non_object_payload_is_rejected() -> None:
 def test_empty_secret_is_refused() -> None:
     with pytest.raises(ValueError):
         sign({"sub": "x"}, "")
+
+
+# ---- VerifiedTokens: the memo of tokens that passed -------------------------------------
+
+
+def test_verified_tokens_skip_the_signature_on_a_repeat(monkeypatch) -> None:
+    memo = tokens.VerifiedTokens(SECRET, typ="chat")
+    token, claims = issue(SECRET, sub="c1", typ="chat", ttl=60, now=1000)
+    assert memo.verify(token, now=1001) == claims
+    calls = []
+    monkeypatch.setattr(tokens.hmac, "new", lambda *a, **k: calls.append(a))
+    assert memo.verify(token, now=1002) is memo.verify(token, now=1003)
+    assert calls == [] and len(memo) == 1
+
+
+def test_verified_tokens_refuse_an_expired_hit_and_forget_it() -> None:
+    memo = tokens.VerifiedTokens(SECRET, leeway=30)
+    token, _ = issue(SECRET, sub="c1", typ="chat", ttl=60, now=1000)
+    memo.verify(token, now=1000)
+    assert memo.verify(token, now=1060 + 29)["sub"] == "c1"
+    with pytest.raises(TokenError, match="expired"):
+        memo.verify(token, now=1060 + 31)
+    assert len(memo) == 0
+
+
+def test_verified_tokens_keep_only_successes() -> None:
+    memo = tokens.VerifiedTokens(SECRET, typ="chat")
+    wrong_type, _ = issue(SECRET, sub="c1", typ="access", ttl=60)
+    other_key, _ = issue("another-secret-entirely", sub="c1", typ="chat", ttl=60)
+    for bad in (wrong_type, other_key, "not.a.token", ""):
+        for _ in range(2):  # refused each time, never remembered
+            with pytest.raises(TokenError):
+                memo.verify(bad)
+    assert len(memo) == 0
+
+
+def test_verified_tokens_drop_the_oldest_when_full() -> None:
+    memo = tokens.VerifiedTokens(SECRET, maxsize=3)
+    issued = [issue(SECRET, sub=f"c{n}", typ="chat", ttl=60)[0] for n in range(4)]
+    for token in issued:
+        memo.verify(token)
+    assert len(memo) == 3
+    assert list(memo._memo) == issued[1:]
+    assert memo.verify(issued[0])["sub"] == "c0"  # verified again, then remembered
+    assert list(memo._memo) == [*issued[2:], issued[0]]
