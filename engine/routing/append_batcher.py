@@ -58,7 +58,7 @@ MAX_INFLIGHT = 2
 # One round trip: the function of migration v0005 finds, locks (in id order) and appends in
 # the call's own transaction; see engine/store/migrations/v0005_append_function.py.
 _APPEND_BATCH = (
-    "SELECT message_id, message_idx, conv, seg FROM nexus_append_batch("
+    "SELECT message_id, message_idx, conversation_id, conv, seg FROM nexus_append_batch("
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
     "$8::text[], $9::text, $10::timestamptz)"
 )
@@ -249,20 +249,22 @@ class AppendBatcher:
     def _results(
         batch: list[_Request], ids: list[str], rows: list[Any], now: datetime
     ) -> list[tuple[_Request, Appended]]:
-        by_message = {row["message_id"]: row for row in rows}
-        conversations: dict[str, Conversation] = {}
-        segments: dict[str, Segment] = {}
+        # rows: one per stored message, then one per conversation (its row and open segment)
+        by_message: dict[str, tuple[str, int]] = {}
+        found: dict[str, tuple[Conversation, Segment]] = {}
+        for row in rows:
+            if row["message_id"] is not None:
+                by_message[row["message_id"]] = (row["conversation_id"], row["message_idx"])
+            else:
+                found[row["conversation_id"]] = (
+                    Conversation.from_row(row["conv"]), Segment.from_row(row["seg"])
+                )
         out: list[tuple[_Request, Appended]] = []
         for request, message_id in zip(batch, ids, strict=True):
-            row = by_message.get(message_id)
-            if row is None:
+            stored = by_message.get(message_id)
+            if stored is None:
                 continue  # no open conversation or segment: nothing was stored
-            conv, seg = row["conv"], row["seg"]
-            conversation = conversations.get(conv["id"])
-            if conversation is None:
-                conversation = conversations[conv["id"]] = Conversation.from_row(conv)
-                segments[conv["id"]] = Segment.from_row(seg)
-            segment = segments[conv["id"]]
+            conversation, segment = found[stored[0]]
             draft = Draft(
                 request.type,
                 conversation.customer_id,
@@ -271,8 +273,6 @@ class AppendBatcher:
                 text=request.text,
                 provider_message_id=request.provider_message_id,
             )
-            message = draft.stored(
-                conversation.id, int(row["message_idx"]), message_id, now, segment.id
-            )
+            message = draft.stored(conversation.id, int(stored[1]), message_id, now, segment.id)
             out.append((request, Appended(conversation, segment, message)))
         return out
