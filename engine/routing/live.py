@@ -96,6 +96,12 @@ class RouterKeys:
         return self._k("lock")
 
     @property
+    def sweeper(self) -> str:
+        """STRING: held (SET NX PX, most of a sweep interval) by the process that sweeps the
+        tenant this interval; the others skip the sweep."""
+        return self._k("sweeper")
+
+    @property
     def dirty(self) -> str:
         """STRING: set when something was enqueued; a dispatcher clears it before scanning."""
         return self._k("dirty")

@@ -21,7 +21,8 @@ Shared state, so any number of engine processes route together (key names in
   however many dispatchers run;
 * :meth:`Router.sweep` (at start and every ``sweep_interval``) rebuilds the Redis indexes from
   the database after a crash (queued segments missing from their line, offers without a
-  deadline entry, stale load entries).
+  deadline entry, stale load entries). One process per interval sweeps a tenant (the one
+  that takes its ``sweeper`` key), in pipelines of ``SWEEP_CHUNK`` segments.
 
 Tenants are ccids; agents are config Users with the agent role (username, case-insensitive).
 """
@@ -97,6 +98,10 @@ LINE_CHUNK = 100
 #: pass per tenant
 KICK_DRAIN_SECONDS = 0.01
 KICK_DRAIN_WAIT = 0.0005
+#: segments restored per Redis pipeline by a sweep
+SWEEP_CHUNK = 500
+#: the sweeper key lives this share of the sweep interval
+SWEEP_LEASE = 0.9
 
 EventCallback = Callable[[InteractionEvent], Awaitable[None] | None]
 
@@ -1103,9 +1108,9 @@ class Router:
         )
         expected: dict[tuple[str, str], set[str]] = {}
 
-        async def restore(client: Any) -> None:
+        async def restore(client: Any, chunk: Sequence[Segment]) -> None:
             async with client.pipeline(transaction=False) as pipe:
-                for seg in open_segments:
+                for seg in chunk:
                     if seg.state is SegmentState.QUEUED:
                         pipe.zadd(
                             keys.waiting(seg.queue), {seg.id: seg.queued_at.timestamp()}, nx=True
@@ -1121,7 +1126,11 @@ class Router:
                         pipe.sadd(keys.load(owner, str(seg.media)), seg.id)
                 await pipe.execute()
 
-        await self.cache.call(restore)
+        # in chunks: requests served by this process run between them (one pipeline of
+        # 20,000 async sessions held the event loop for seconds)
+        for start in range(0, len(open_segments), SWEEP_CHUNK):
+            chunk = open_segments[start : start + SWEEP_CHUNK]
+            await self.cache.call(lambda c, chunk=chunk: restore(c, chunk))
         # stale load entries: removed when seen stale by two sweeps in a row (an in-flight
         # claim is stale for a few milliseconds only)
         users = {u.username.lower() for u in self.model.users_of(self.tenant_name(tenant))}
@@ -1140,6 +1149,14 @@ class Router:
         for _, user, media, iid in confirmed:
             await self.cache.call(lambda c, u=user, m=media, i=iid: c.srem(keys.load(u, m), i))
         await self.kick(tenant)
+
+    async def _take_sweep(self, tenant: str) -> bool:
+        """Whether this process sweeps ``tenant`` this interval: one process does (they would
+        all restore the same indexes); it holds the tenant's sweeper key for most of the
+        interval, so that some process sweeps again in the next one."""
+        key = self.keys(tenant).sweeper
+        ttl_ms = max(1, int(self.sweep_interval * 1000 * SWEEP_LEASE))
+        return bool(await self.cache.call(lambda c: c.set(key, "1", nx=True, px=ttl_ms)))
 
     async def run(self) -> None:
         """The dispatcher loop (one per process; safe to run in many). Ends after the
@@ -1171,7 +1188,7 @@ class Router:
                             await self.cache.call(lambda c: c.smembers(self._tenants_key))
                         )
                     for tenant in sorted(tenants):
-                        if sweep:
+                        if sweep and await self._take_sweep(tenant):
                             await self.sweep(tenant)
                         await self.dispatch(tenant)
                 except (CacheError, StoreError, InvalidContactCenter) as exc:

@@ -463,3 +463,72 @@ async def test_background_dispatcher_coalesces_kicks(
         assert set(passes) == {CCID}
     finally:
         await engine.router.stop()
+
+
+async def test_one_router_sweeps_a_tenant_per_interval(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every process's dispatcher finds the sweep due; the one that takes the tenant's
+    sweeper key sweeps, the others skip until the key expires."""
+    other = engine.second_router()
+    routers = (engine.router, other)
+    swept: list[object] = []
+    passes: Counter[int] = Counter()
+    for n, router in enumerate(routers):
+        sweep, dispatch = router.sweep, router.dispatch
+
+        async def counting_sweep(tenant: str, router=router, sweep=sweep) -> None:
+            swept.append(router)
+            await sweep(tenant)
+
+        async def counting_dispatch(tenant: str, n=n, dispatch=dispatch) -> int:
+            passes[n] += 1
+            return await dispatch(tenant)
+
+        monkeypatch.setattr(router, "sweep", counting_sweep)
+        monkeypatch.setattr(router, "dispatch", counting_dispatch)
+        router.tick = 0.02
+        router.sweep_interval = 60.0  # the key lives 54 s: no expiry during the test
+        router._last_sweep = 0.0  # due at once, as at start
+    keys = engine.router.keys(CCID)
+    await engine.cache.call(lambda c: c.sadd(engine.router._tenants_key, CCID))
+
+    async def both_passed(after: Counter[int]) -> None:
+        # two passes each: a pass under way when `after` was taken may predate the change
+        for _ in range(500):
+            if all(passes[n] > after[n] + 1 for n in range(2)):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"dispatch passes: {passes}")
+
+    await engine.router.start()
+    await other.start()
+    try:
+        await both_passed(Counter())
+        assert len(swept) == 1  # both found it due, one swept
+        assert await engine.cache.call(lambda c: c.pttl(keys.sweeper)) > 50_000
+        # the key expires; the next due sweep runs again, once
+        await engine.cache.call(lambda c: c.delete(keys.sweeper))
+        for router in routers:
+            router._last_sweep = 0.0
+        await both_passed(Counter(passes))
+        assert len(swept) == 2
+    finally:
+        await other.stop()
+        await engine.router.stop()
+
+
+async def test_sweep_restores_more_segments_than_one_pipeline(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segments are restored in chunks of SWEEP_CHUNK pipelines; none is left out."""
+    from engine.routing import router as router_module
+
+    monkeypatch.setattr(router_module, "SWEEP_CHUNK", 2)
+    convs = [await engine.session() for _ in range(5)]
+    segs = [await _open_segment(engine, c.id) for c in convs]
+    keys = engine.router.keys(CCID)
+    await engine.cache.call(lambda c: c.delete(keys.waiting("support"), keys.queues))
+    await engine.router.sweep(CCID)
+    waiting = await engine.cache.call(lambda c: c.zrange(keys.waiting("support"), 0, -1))
+    assert sorted(waiting) == sorted(s.id for s in segs)
