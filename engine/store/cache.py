@@ -346,7 +346,10 @@ class Cache:
         common: dict[str, Any] = {
             "decode_responses": True,
             "socket_connect_timeout": self.connect_timeout,
-            "socket_timeout": self.command_timeout,
+            # no per-reply read timeout: call() sets one deadline per call instead (redis-py
+            # arms a timeout context around every reply it reads, a pipeline's included:
+            # about a tenth of a busy worker's CPU)
+            "socket_timeout": None,
         }
         if self.settings.kind == "memory":
             return fakeredis.FakeAsyncRedis(
@@ -484,11 +487,13 @@ class Cache:
         return self._client
 
     async def call(self, op: Callable[[Client], Awaitable[T]]) -> T:
-        """Run ``op(client)``; a connection error becomes :class:`CacheUnavailable` and starts
-        reconnecting."""
+        """Run ``op(client)`` within ``command_timeout``; a connection error or the timeout
+        becomes :class:`CacheUnavailable` and starts reconnecting (a connection cut by the
+        timeout mid-reply is closed, never reused)."""
         client = self.client
         try:
-            result = await op(client)
+            async with asyncio.timeout(self.command_timeout):
+                result = await op(client)
         except CONNECTION_ERRORS as exc:
             self._failed(exc)
             raise CacheUnavailable(f"redis unavailable: {type(exc).__name__}: {exc}") from exc

@@ -237,3 +237,60 @@ async def test_memory_outage_and_recovery() -> None:
     finally:
         await cache.close()
         fake_server("outage-test").connected = True
+
+
+async def test_a_silent_server_times_out_the_call_not_the_event_loop(
+    redis_process: RedisProcess,
+) -> None:
+    """A server that stops answering (SIGSTOP: connections stay open, nothing comes back):
+    each call ends after command_timeout with CacheUnavailable (one deadline per call, the
+    client has no per-reply timeout); the cache reconnects once the server answers again."""
+    import os
+    import signal
+    import time
+
+    redis_process.start()
+    cache = Cache(
+        f"redis://127.0.0.1:{redis_process.port}/0",
+        health_check_interval=None,
+        connect_timeout=0.5,
+        command_timeout=0.5,
+        backoff_initial=0.02,
+        backoff_max=0.2,
+    )
+    try:
+        assert await _until(cache.connect)
+        await cache.set("k", "v")
+        assert redis_process.proc is not None
+        os.kill(redis_process.proc.pid, signal.SIGSTOP)
+        try:
+            began = time.monotonic()
+            with pytest.raises(CacheUnavailable, match="TimeoutError"):
+                await asyncio.wait_for(cache.get("k"), 10)  # fails here, not hangs
+            assert 0.4 <= time.monotonic() - began < 3.0
+            assert cache.state is CacheState.RECONNECTING
+            # a pipeline of many commands shares the one deadline
+            began = time.monotonic()
+            with pytest.raises(CacheUnavailable):
+                await asyncio.wait_for(cache.call(lambda c: _pipeline_of_gets(c, 200)), 10)
+            assert time.monotonic() - began < 3.0
+        finally:
+            os.kill(redis_process.proc.pid, signal.SIGCONT)
+
+        async def answers() -> bool:
+            try:
+                return await cache.get("k") == "v"
+            except CacheUnavailable:
+                return False
+
+        assert await _until(answers)
+        assert cache.state is CacheState.READY
+    finally:
+        await cache.close()
+
+
+async def _pipeline_of_gets(client, count: int) -> list:
+    async with client.pipeline(transaction=False) as pipe:
+        for n in range(count):
+            pipe.get(f"k{n}")
+        return await pipe.execute()
