@@ -51,54 +51,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import _httpload  # noqa: E402
+from _procstat import cpu_ticks, rss_kb  # noqa: E402
+from _procstat import tree as engine_pids  # noqa: E402
 
 from tests.integration.chat.clients import AgentClient, WidgetClient  # noqa: E402
 from tests.integration.chat.conftest import T1001, chat_config  # noqa: E402
 from tests.integration.provisioning.harness import make_backend, start_engine  # noqa: E402
 
 
-def rss_kb(pid: int) -> int:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            pids += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    total = 0
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
-
-
-def engine_pids(pid: int) -> list[int]:
-    pids = [pid]
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            pids += [int(p) for p in (task / "children").read_text().split()]
-        except OSError:
-            continue
-    return pids
-
-
-def cpu_ticks(pids: list[int]) -> dict[int, int]:
-    out = {}
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out[p] = int(fields[11]) + int(fields[12])  # utime + stime
-    return out
 
 
 def extra_agents(config: Path, count: int) -> list[str]:

@@ -55,6 +55,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _procstat import cpu_seconds  # noqa: E402
 
 T1001 = "578ec98e-f07c-46ad-9675-f36c22f3ba9f"
 CHANNEL = "16504661149"
@@ -272,7 +275,8 @@ def warm_up(port: int, secret: str, senders: int, connections: int) -> dict:
     return {"count": senders, "ok": ok, "seconds": elapsed, "rate": senders / elapsed}
 
 
-def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: str) -> dict:
+def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: str,
+            pid: int) -> dict:
     url = f"http://127.0.0.1:{port}"
     out: dict = {}
     if tag == "engine":
@@ -289,7 +293,11 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
     fast = tmp / f"{tag}-fast.lua"
     make_script(fast, secret, count, args.senders, args.threads, 0,
                 f"{tag}-f-{uuid.uuid4().hex[:6]}")
+    cpu0 = cpu_seconds(pid)
     out["throughput"] = run_wrk(url, fast, args.seconds, args.connections, args.threads)
+    # the server's CPU per request: steadier than msg/s on a machine shared with the load
+    out["throughput"]["cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / max(
+        1, out["throughput"]["total"])
     paced = tmp / f"{tag}-paced.lua"
     make_script(paced, secret, max(4_000, args.rate * args.seconds * 11 // 10), args.senders,
                 args.threads, args.rate, f"{tag}-p-{uuid.uuid4().hex[:6]}")
@@ -348,7 +356,7 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{port}/health")
             time.sleep(3)  # every worker up
             results["engine"] = measure(port, secrets["T1001_ASYNC_API_SECRET"], args, tmp,
-                                        "engine")
+                                        "engine", engine.pid)
         finally:
             stop(engine)
         stored = subprocess.run(
@@ -366,7 +374,7 @@ def main() -> None:
         try:
             wait_http(f"http://127.0.0.1:{bare_port}/")
             time.sleep(2)
-            results["bare"] = measure(bare_port, "x", args, tmp, "bare")
+            results["bare"] = measure(bare_port, "x", args, tmp, "bare", bare.pid)
         finally:
             stop(bare)
     finally:
@@ -386,7 +394,8 @@ def main() -> None:
     for name, r in (("engine", e), ("bare", b)):
         t, lat = r["throughput"], r["latency"]
         print(f"{name:6s} throughput {t['rate']:9.1f} msg/s (p50 {t['p50']:.2f} ms, p99 "
-              f"{t['p99']:.2f} ms, non-2xx {t['non2xx']}, {t['errors'] or 'no socket errors'})")
+              f"{t['p99']:.2f} ms, non-2xx {t['non2xx']}, {t['errors'] or 'no socket errors'}; "
+              f"server CPU {t['cpu_us']:.0f} us/msg)")
         print(f"{name:6s} paced {args.rate}/s: achieved {lat['rate']:9.1f} msg/s  p50 "
               f"{lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  non-2xx {lat['non2xx']}")
     print(f"ratio engine/bare {e['throughput']['rate'] / b['throughput']['rate']:.3f}")

@@ -145,20 +145,19 @@ class LiveBus:
                 except (CacheError, OSError) as exc:
                     log.warning("setting %s failed: %s", key, exc)
             return
-        texts = [
-            (self.cache.key(ch), json.dumps(p, separators=(",", ":"), default=str))
+        key = self.cache.key
+        commands: list[list[str | int]] = [
+            ["PUBLISH", key(ch), json.dumps(p, separators=(",", ":"), default=str)]
             for ch, p in items
         ]
-
-        async def op(client: Any) -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                for channel, text in texts:
-                    pipe.publish(channel, text)
-                for key, value, ttl in sets:
-                    pipe.set(self.cache.key(key), value, px=max(1, int(ttl * 1000)))
-                await pipe.execute()
-
+        commands += [["SET", key(k), value, "PX", max(1, int(ttl * 1000))]
+                     for k, value, ttl in sets]
         try:
-            await self.cache.call(op)
+            replies = await self.cache.commands(commands)
         except (CacheError, OSError) as exc:
             log.warning("publishing %d events failed: %s", len(items), exc)
+            return
+        errors = [r for r in replies if isinstance(r, Exception)]
+        if errors:
+            log.warning("publishing %d events: %d commands failed: %s",
+                        len(items), len(errors), errors[0])

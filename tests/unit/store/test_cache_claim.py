@@ -272,33 +272,58 @@ async def test_set_nx_get_is_one_command_per_claim(
     cache: Cache, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With SET NX GET (Redis >= 7.0, fakeredis) a claim is one command in the pipeline."""
-    sent: list[tuple] = []
-    original = cache.call
+    sent: list[list] = []
+    original = cache.commands
 
-    async def spy(op):
-        class Recorder:
-            def __init__(self, client):
-                self.client = client
+    async def spy(commands):
+        sent.append([list(c) for c in commands])
+        return await original(commands)
 
-            def pipeline(self, **kwargs):
-                pipe = self.client.pipeline(**kwargs)
-                real_set, real_get = pipe.set, pipe.get
-
-                def set_(*args, **kw):
-                    sent.append(("set", kw.get("get", False)))
-                    return real_set(*args, **kw)
-
-                def get_(*args, **kw):
-                    sent.append(("get",))
-                    return real_get(*args, **kw)
-
-                pipe.set, pipe.get = set_, get_
-                return pipe
-
-        return await original(lambda client: op(Recorder(client)))
-
-    monkeypatch.setattr(cache, "call", spy)
+    monkeypatch.setattr(cache, "commands", spy)
     assert await asyncio.gather(*(cache.claim(f"one:{i}", "p", 30) for i in range(3))) == [
         None, None, None
     ]
-    assert sent == [("set", True)] * 3
+    assert sent == [[["SET", cache.key(f"one:{i}"), "p", "PX", 30_000, "NX", "GET"]
+                     for i in range(3)]]
+
+
+async def test_an_error_reply_of_old_redis_switches_to_set_nx_and_get(
+    cache: Cache, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real Redis < 7.0 answers each ``SET ... NX GET`` with an error reply (a value in the
+    replies of :meth:`Cache.commands`, not an exception): same switch, same answers."""
+    import redis.exceptions as rexc
+
+    original = cache.commands
+
+    async def old_redis(commands):
+        if any(c[0] == "SET" and c[-1] == "GET" for c in commands):
+            return [rexc.ResponseError("ERR syntax error") for _ in commands]
+        return await original(commands)
+
+    monkeypatch.setattr(cache, "commands", old_redis)
+    await cache.client.set(cache.key("old2:taken"), "done:8")
+    assert await asyncio.gather(
+        cache.claim("old2:free", "pending", 30), cache.claim("old2:taken", "pending", 30)
+    ) == [None, "done:8"]
+    assert cache._set_get is False
+
+
+async def test_commands_return_error_replies_in_place(cache: Cache) -> None:
+    """:meth:`Cache.commands`: replies in order, raw (no response callbacks), an error reply
+    as a ResponseError value; the connection stays usable."""
+    import redis.exceptions as rexc
+
+    key = cache.key("cmd:list")
+    replies = await cache.commands([
+        ["SET", cache.key("cmd:a"), "1", "PX", 10_000, "NX", "GET"],
+        ["RPUSH", key, "x"],
+        ["INCR", key],  # WRONGTYPE
+        ["GET", cache.key("cmd:a")],
+        ["PUBLISH", cache.key("cmd:ch"), "hello"],
+    ])
+    assert replies[0] is None and replies[1] == 1
+    assert isinstance(replies[2], rexc.ResponseError) and "WRONGTYPE" in str(replies[2])
+    assert replies[3] == "1" and replies[4] == 0
+    for _ in range(3):  # still in step after the error reply
+        assert await cache.commands([["GET", cache.key("cmd:a")]]) == ["1"]
