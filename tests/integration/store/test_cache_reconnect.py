@@ -69,6 +69,13 @@ async def _until(predicate, timeout: float = 15.0) -> bool:
     return False
 
 
+def _fast_cache(url: str, **overrides) -> Cache:
+    """A Cache that gives up and retries quickly (short timeouts and backoff)."""
+    options = {"health_check_interval": None, "connect_timeout": 0.5, "command_timeout": 1.0,
+               "backoff_initial": 0.02, "backoff_max": 0.2, **overrides}
+    return Cache(url, **options)
+
+
 async def test_connecting_to_a_closed_port_then_ready_then_reconnecting(
     redis_process: RedisProcess,
 ) -> None:
@@ -78,15 +85,7 @@ async def test_connecting_to_a_closed_port_then_ready_then_reconnecting(
     established0 = _metric("nexus_redis_connections_established")
     until_ready0 = _metric("nexus_redis_duration_until_ready_count")
 
-    cache = Cache(
-        f"redis://127.0.0.1:{redis_process.port}/0",
-        prefix="nexus-reconnect:",
-        health_check_interval=None,
-        connect_timeout=0.5,
-        command_timeout=1.0,
-        backoff_initial=0.02,
-        backoff_max=0.2,
-    )
+    cache = _fast_cache(f"redis://127.0.0.1:{redis_process.port}/0", prefix="nexus-reconnect:")
     states: list[CacheState] = [cache.state]
     try:
         assert await cache.connect() is False  # nobody listens yet: never raises
@@ -146,14 +145,7 @@ async def test_health_check_notices_an_outage_without_traffic(
     redis_process: RedisProcess,
 ) -> None:
     redis_process.start()
-    cache = Cache(
-        f"redis://127.0.0.1:{redis_process.port}/0",
-        health_check_interval=0.05,
-        connect_timeout=0.5,
-        command_timeout=1.0,
-        backoff_initial=0.02,
-        backoff_max=0.2,
-    )
+    cache = _fast_cache(f"redis://127.0.0.1:{redis_process.port}/0", health_check_interval=0.05)
     try:
         assert await _until(cache.connect)
         redis_process.stop()
@@ -184,14 +176,7 @@ async def test_failover_to_the_next_node(redis_process: RedisProcess, redis_url:
 async def test_subscription_survives_a_server_restart(redis_process: RedisProcess) -> None:
     redis_process.start()
     url = f"redis://127.0.0.1:{redis_process.port}/0"
-    cache = Cache(
-        url,
-        health_check_interval=None,
-        connect_timeout=0.5,
-        command_timeout=1.0,
-        backoff_initial=0.02,
-        backoff_max=0.2,
-    )
+    cache = _fast_cache(url)
     try:
         assert await _until(cache.connect)
         sub = await cache.subscribe("news")
@@ -250,14 +235,7 @@ async def test_a_silent_server_times_out_the_call_not_the_event_loop(
     import time
 
     redis_process.start()
-    cache = Cache(
-        f"redis://127.0.0.1:{redis_process.port}/0",
-        health_check_interval=None,
-        connect_timeout=0.5,
-        command_timeout=0.5,
-        backoff_initial=0.02,
-        backoff_max=0.2,
-    )
+    cache = _fast_cache(f"redis://127.0.0.1:{redis_process.port}/0", command_timeout=0.5)
     try:
         assert await _until(cache.connect)
         await cache.set("k", "v")
