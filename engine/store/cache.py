@@ -552,18 +552,27 @@ class Cache:
             return await self.call(lambda c: _pipelined(c, commands))
         payload = _pack(commands)
 
+        async def exchange(conn: Any) -> list[Any]:
+            await conn.send_packed_command(payload)
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except rexc.ResponseError as exc:  # the reply was read: still in step
+                    replies.append(exc)
+            return replies
+
         async def op(client: Client) -> list[Any]:
             pool = client.connection_pool
             conn = await pool.get_connection()
             try:
-                await conn.send_packed_command(payload)
-                replies: list[Any] = []
-                for _ in commands:
-                    try:
-                        replies.append(await conn.read_response())
-                    except rexc.ResponseError as exc:  # the reply was read: still in step
-                        replies.append(exc)
-                return replies
+                try:
+                    return await exchange(conn)
+                except (rexc.ConnectionError, OSError):
+                    # a pooled connection that died (a server restart): once more on a new
+                    # one, as redis-py retries its own commands and pipelines
+                    await conn.disconnect(nowait=True)
+                    return await exchange(conn)
             except BaseException:
                 # cut mid-way (timeout, cancellation, lost connection): replies may be
                 # pending on it, so it is closed rather than reused

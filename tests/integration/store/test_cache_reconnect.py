@@ -272,3 +272,34 @@ async def _pipeline_of_gets(client, count: int) -> list:
         for n in range(count):
             pipe.get(f"k{n}")
         return await pipe.execute()
+
+
+async def test_pipelines_survive_a_server_restart(redis_process: RedisProcess) -> None:
+    """After a restart the pooled connections are dead: claims and raw commands reconnect
+    and run (one retry on a fresh connection, as redis-py's own commands do) instead of
+    failing the first call."""
+    redis_process.start()
+    cache = _fast_cache(f"redis://127.0.0.1:{redis_process.port}/0")
+    try:
+        assert await _until(cache.connect)
+        assert await cache.claim("restart:a", "pending", 30) is None
+        # several pooled connections, all dead after the restart
+        await asyncio.gather(*(cache.commands([["SET", cache.key(f"restart:{n}"), "1"]])
+                               for n in range(4)))
+        redis_process.stop()
+        redis_process.start()
+
+        async def listening() -> bool:  # the port answers; nothing of the cache was used
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", redis_process.port)
+            except OSError:
+                return False
+            writer.close()
+            return True
+
+        assert await _until(listening)
+        assert await cache.claim("restart:c", "pending", 30) is None
+        assert await cache.commands([["GET", cache.key("restart:c")]]) == ["pending"]
+        assert cache.state is CacheState.READY
+    finally:
+        await cache.close()
