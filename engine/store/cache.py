@@ -552,9 +552,8 @@ class Cache:
             return await self.call(lambda c: _pipelined(c, commands))
         payload = _pack(commands)
 
-        async def exchange(conn: Any) -> list[Any]:
+        async def exchange(conn: Any, replies: list[Any]) -> list[Any]:
             await conn.send_packed_command(payload)
-            replies: list[Any] = []
             for _ in commands:
                 try:
                     replies.append(await conn.read_response())
@@ -566,13 +565,16 @@ class Cache:
             pool = client.connection_pool
             conn = await pool.get_connection()
             try:
+                replies: list[Any] = []
                 try:
-                    return await exchange(conn)
+                    return await exchange(conn, replies)
                 except (rexc.ConnectionError, OSError):
-                    # a pooled connection that died (a server restart): once more on a new
+                    if replies:  # some ran: running them again could repeat them
+                        raise
+                    # a pooled connection found dead (a server restart): once more on a new
                     # one, as redis-py retries its own commands and pipelines
                     await conn.disconnect(nowait=True)
-                    return await exchange(conn)
+                    return await exchange(conn, replies)
             except BaseException:
                 # cut mid-way (timeout, cancellation, lost connection): replies may be
                 # pending on it, so it is closed rather than reused
