@@ -28,6 +28,7 @@ from engine.routing.decider import FakeDecider
 from engine.routing.router import Router
 from engine.store.cache import Cache
 from engine.store.db import Store
+from tests.cache_support import throwaway_cache
 
 CONFIG = Path(__file__).resolve().parents[3] / "config"
 CCID = "578ec98e-f07c-46ad-9675-f36c22f3ba9f"
@@ -136,13 +137,6 @@ def backend(request: pytest.FixtureRequest, tmp_path) -> tuple[str, str]:
     return request.getfixturevalue("pg_database"), request.getfixturevalue("redis_url")
 
 
-async def _drop_prefix(cache: Cache) -> None:
-    client = cache.client
-    keys = [key async for key in client.scan_iter(match=f"{cache.prefix}*", count=500)]
-    if keys:
-        await client.delete(*keys)
-
-
 @dataclass
 class Engine:
     store: Store
@@ -169,20 +163,8 @@ class Engine:
 
 @pytest.fixture
 async def cache(backend: tuple[str, str]) -> AsyncIterator[Cache]:
-    c = Cache(
-        backend[1],
-        prefix=f"nexus-test-{uuid.uuid4().hex}:",
-        health_check_interval=None,
-        backoff_initial=0.02,
-        backoff_max=0.2,
-    )
-    assert await c.connect()
-    try:
+    async with throwaway_cache(backend[1]) as c:
         yield c
-    finally:
-        if c.ready:
-            await _drop_prefix(c)
-        await c.close()
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import pytest
 
 from engine.store.cache import Cache
 from engine.store.db import Store
+from tests.cache_support import throwaway_cache
 
 PEPPER = "test-pepper"
 
@@ -70,26 +71,7 @@ def cache_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("redis_url")
 
 
-async def _drop_prefix(cache: Cache) -> None:
-    client = cache.client
-    keys = [key async for key in client.scan_iter(match=f"{cache.prefix}*", count=500)]
-    if keys:
-        await client.delete(*keys)
-
-
 @pytest.fixture
 async def cache(cache_url: str) -> AsyncIterator[Cache]:
-    c = Cache(
-        cache_url,
-        prefix=f"nexus-test-{uuid.uuid4().hex}:",
-        health_check_interval=None,
-        backoff_initial=0.02,
-        backoff_max=0.2,
-    )
-    assert await c.connect()
-    try:
+    async with throwaway_cache(cache_url) as c:
         yield c
-    finally:
-        if c.ready:
-            await _drop_prefix(c)
-        await c.close()

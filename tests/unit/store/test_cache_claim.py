@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from engine.store import Cache, CacheUnavailable
+from tests.cache_support import throwaway_cache
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -20,23 +21,8 @@ async def cache(request: pytest.FixtureRequest) -> AsyncIterator[Cache]:
         url = f"memory://claim-{uuid.uuid4().hex}"
     else:
         url = request.getfixturevalue("redis_url")
-    c = Cache(
-        url,
-        prefix=f"nexus-test-claim-{uuid.uuid4().hex}:",
-        health_check_interval=None,
-        backoff_initial=0.02,
-        backoff_max=0.2,
-    )
-    assert await c.connect()
-    try:
+    async with throwaway_cache(url, "nexus-test-claim") as c:
         yield c
-    finally:
-        if c.ready:
-            client = c.client
-            keys = [k async for k in client.scan_iter(match=f"{c.prefix}*", count=500)]
-            if keys:
-                await client.delete(*keys)
-        await c.close()
 
 
 class CallCounter:
