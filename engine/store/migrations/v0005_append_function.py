@@ -16,16 +16,17 @@ Steps:
 2. Lock those rows one at a time in id order (``LATERAL ... FOR UPDATE``). Batches of any
    shape never deadlock each other.
 
-Lookups by id name the primary key alone (tenant and state are checked on the row found, past
-an ``OFFSET 0`` fence, or after the lock); segments are found per conversation through a
-``LATERAL ... LIMIT 1``. With stale statistics the planner otherwise read every open
-conversation of the tenant for each message (the (tenant, state) index) and scanned the
-segments table.
 3. In one statement: read the open segments, reserve the indexes of the messages that have
    an open segment to go to (row_number per conversation, in arrival order), and insert
    those messages. Returns a row per stored message (its id, index and conversation id),
    then a row per conversation: the updated conversation row and its open segment row
    (composite values of the tables' row types, decoded once per conversation).
+
+Lookups by id name the primary key alone (tenant and state are checked on the row found, past
+an ``OFFSET 0`` fence, or after the lock); segments are found per conversation through a
+``LATERAL ... LIMIT 1``. With stale statistics the planner otherwise read every open
+conversation of the tenant for each message (the (tenant, state) index) and scanned the
+segments table.
 
 Frozen: a later change is a new migration with ``CREATE OR REPLACE FUNCTION``.
 """
