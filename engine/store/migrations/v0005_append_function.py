@@ -15,7 +15,6 @@ Steps:
    closed one never reopens.
 2. Lock those rows one at a time in id order (``LATERAL ... FOR UPDATE``). Batches of any
    shape never deadlock each other.
-
 3. In one statement: read the open segments, reserve the indexes of the messages that have
    an open segment to go to (row_number per conversation, in arrival order), and insert
    those messages. Returns a row per stored message (its id, index and conversation id),
