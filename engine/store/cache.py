@@ -33,6 +33,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from engine.store import metrics as m
 from engine.store.errors import CacheError, CacheUnavailable, InvalidCacheURL
+from engine.store.pubsub_hub import MAX_QUEUED, PubSubHub
 
 log = logging.getLogger("nexus.cache")
 
@@ -214,6 +215,8 @@ class Cache:
         self._down_since: float | None = None
         self._ready_event = asyncio.Event()
         self._subscriptions: set[Subscription] = set()
+        #: the one pub/sub connection of this cache's (non-sharded) subscriptions
+        self._hub = PubSubHub(self)
         # Rate-limit tokens leased from Redis in batches (see hit()).
         self._leases: dict[str, _Lease] = {}
         self._lease_locks: dict[str, asyncio.Lock] = {}
@@ -325,6 +328,8 @@ class Cache:
         self._reconnect_task = self._monitor_task = None
         for sub in list(self._subscriptions):
             await sub.close()
+        await self._hub.close()
+        self._hub = PubSubHub(self)  # a reconnected cache subscribes afresh
         clients = list(self._clients.values())
         self._clients.clear()
         self._client = None
@@ -737,7 +742,8 @@ class Cache:
     # -- pub/sub -------------------------------------------------------------------------
 
     async def publish(self, channel: str, message: str) -> int:
-        """Publish to ``channel`` (prefixed); returns the number of receivers."""
+        """Publish to ``channel`` (prefixed); returns the number of receiving connections:
+        one per cache (process) that subscribes to it, however many subscriptions it has."""
         full = self.key(channel)
         if self.sharded_pubsub:
             return int(await self.call(lambda c: c.spublish(full, message)))
@@ -754,8 +760,10 @@ class Cache:
 
 
 class Subscription:
-    """A reconnecting subscription: after a connection loss it resubscribes with backoff
-    (messages published meanwhile are lost: pub/sub is fire-and-forget fan-out)."""
+    """A reconnecting subscription. Non-sharded ones share their cache's one pub/sub
+    connection (:mod:`engine.store.pubsub_hub`); sharded ones (clusters) hold their own.
+    After a connection loss they resubscribe with backoff (messages published meanwhile are
+    lost: pub/sub is fire-and-forget fan-out)."""
 
     def __init__(self, cache: Cache, channels: tuple[str, ...]) -> None:
         self.cache = cache
@@ -764,20 +772,37 @@ class Subscription:
         self._pubsub: Any = None
         self._closed = False
         self._failures = 0
+        self._hub: PubSubHub | None = None if cache.sharded_pubsub else cache._hub
+        self._queue: asyncio.Queue[PubSubMessage | None] = asyncio.Queue()
+        self._dropped = 0
 
     async def start(self) -> Subscription:
         self.cache._subscriptions.add(self)
-        await self._open()
+        try:
+            if self._hub is not None:
+                await self._hub.join(self, list(self._full))
+            else:
+                await self._open()
+        except BaseException:
+            self.cache._subscriptions.discard(self)
+            raise
         return self
+
+    def deliver(self, channel: str, data: str) -> None:
+        """A message of one of its channels (called by the hub)."""
+        if self._queue.qsize() >= MAX_QUEUED:
+            self._dropped += 1
+            if self._dropped == 1 or self._dropped % 1000 == 0:
+                log.warning("subscription %s fell behind: %d messages dropped",
+                            ",".join(self.channels), self._dropped)
+            return
+        self._queue.put_nowait(PubSubMessage(self._full.get(channel, channel), data))
 
     async def _open(self) -> None:
         client = self.cache.client
         pubsub = client.pubsub()
         try:
-            if self.cache.sharded_pubsub:
-                await pubsub.ssubscribe(*self._full)
-            else:
-                await pubsub.subscribe(*self._full)
+            await pubsub.ssubscribe(*self._full)
             pending = set(self._full)
             deadline = time.monotonic() + self.cache.connect_timeout + self.cache.command_timeout
             while pending:
@@ -797,7 +822,7 @@ class Subscription:
         self._failures = 0
 
     async def _read(self, pubsub: Any, *, ignore: bool, timeout: float) -> dict[str, Any] | None:
-        if self.cache.sharded_pubsub and isinstance(pubsub, aioredis.cluster.ClusterPubSub):
+        if isinstance(pubsub, aioredis.cluster.ClusterPubSub):
             return await pubsub.get_sharded_message(
                 ignore_subscribe_messages=ignore, timeout=timeout
             )
@@ -806,6 +831,8 @@ class Subscription:
     async def get(self, timeout: float | None = None) -> PubSubMessage | None:
         """The next message, or None after ``timeout`` seconds (None: wait forever) or when
         closed."""
+        if self._hub is not None:
+            return await self._next(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._closed:
             remaining = 1.0 if deadline is None else deadline - time.monotonic()
@@ -830,6 +857,17 @@ class Subscription:
                 return PubSubMessage(self._full.get(channel, channel), msg["data"])
         return None
 
+    async def _next(self, timeout: float | None) -> PubSubMessage | None:
+        if self._closed:
+            return None
+        if not self._queue.empty():
+            return self._queue.get_nowait()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._queue.get()  # None: closed meanwhile
+        except TimeoutError:
+            return None
+
     def __aiter__(self) -> AsyncIterator[PubSubMessage]:
         return self
 
@@ -840,15 +878,18 @@ class Subscription:
         return msg
 
     async def close(self) -> None:
+        if self._closed:
+            return
         self._closed = True
         self.cache._subscriptions.discard(self)
+        self._queue.put_nowait(None)  # wakes a get() under way
+        if self._hub is not None:
+            await self._hub.leave(self, list(self._full))
+            return
         if self._pubsub is not None:
             pubsub, self._pubsub = self._pubsub, None
             try:
-                if self.cache.sharded_pubsub:
-                    await pubsub.sunsubscribe()
-                else:
-                    await pubsub.unsubscribe()
+                await pubsub.sunsubscribe()
             except Exception:  # noqa: BLE001 - a dead connection has no subscriptions left
                 log.debug("unsubscribe failed", exc_info=True)
             await _close_pubsub(pubsub)

@@ -74,7 +74,8 @@ async def test_pubsub_fan_out(cache: Cache) -> None:
     first = await cache.subscribe("events", "other")
     second = await cache.subscribe("events")
     try:
-        assert await cache.publish("events", "one") == 2
+        # one connection per cache: Redis counts the process once, whatever its subscriptions
+        assert await cache.publish("events", "one") == 1
         await cache.publish("other", "two")
         await cache.publish("events", "three")
         got_first = [await first.get(5) for _ in range(3)]

@@ -303,3 +303,33 @@ async def test_pipelines_survive_a_server_restart(redis_process: RedisProcess) -
         assert cache.state is CacheState.READY
     finally:
         await cache.close()
+
+
+async def test_every_channel_of_the_hub_comes_back_after_a_restart(
+    redis_process: RedisProcess,
+) -> None:
+    """The subscriptions share one connection: after a restart it is opened again with
+    every channel, and each subscription receives its own messages again."""
+    redis_process.start()
+    cache = _fast_cache(f"redis://127.0.0.1:{redis_process.port}/0")
+    try:
+        assert await _until(cache.connect)
+        subs = {name: await cache.subscribe(name) for name in ("a", "b", "c")}
+        redis_process.stop()
+        redis_process.start()
+
+        async def all_back() -> bool:
+            try:
+                receivers = [await cache.publish(name, f"to {name}") for name in subs]
+            except CacheUnavailable:
+                return False
+            return receivers == [1, 1, 1]
+
+        assert await _until(all_back)
+        for name, sub in subs.items():
+            message = await sub.get(5)
+            assert (message.channel, message.data) == (name, f"to {name}")
+        for sub in subs.values():
+            await sub.close()
+    finally:
+        await cache.close()
