@@ -105,3 +105,26 @@ async def test_concurrent_subscribes_are_all_confirmed(cache: Cache) -> None:
     finally:
         for sub in subs:
             await sub.close()
+
+
+async def test_more_subscriptions_than_the_pool_has_connections(redis_url: str) -> None:
+    """Each subscription used to hold a pooled connection for its lifetime: past
+    ``max_connections`` (50 per worker) a new stream failed and commands waited. Now 40
+    subscriptions on a pool of 4 all receive, and commands still run."""
+    from tests.cache_support import throwaway_cache
+
+    async with throwaway_cache(redis_url) as base:
+        cache = Cache(redis_url, prefix=base.prefix, health_check_interval=None,
+                      max_connections=4, command_timeout=2.0)
+        assert await cache.connect()
+        try:
+            subs = [await cache.subscribe(f"s{n}") for n in range(40)]
+            await cache.set("still", "works")
+            assert await cache.get("still") == "works"
+            for n in (0, 17, 39):
+                assert await cache.publish(f"s{n}", f"m{n}") == 1
+                assert (await subs[n].get(5)).data == f"m{n}"
+            for sub in subs:
+                await sub.close()
+        finally:
+            await cache.close()
