@@ -799,34 +799,8 @@ class Subscription:
         self._queue.put_nowait(PubSubMessage(self._full.get(channel, channel), data))
 
     async def _open(self) -> None:
-        client = self.cache.client
-        pubsub = client.pubsub()
-        try:
-            await pubsub.ssubscribe(*self._full)
-            pending = set(self._full)
-            deadline = time.monotonic() + self.cache.connect_timeout + self.cache.command_timeout
-            while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise rexc.TimeoutError("no subscription confirmation from redis")
-                msg = await self._read(pubsub, ignore=False, timeout=min(remaining, 1.0))
-                if msg and msg["type"] in ("subscribe", "ssubscribe"):
-                    pending.discard(msg["channel"])
-        except BaseException as exc:
-            await _close_pubsub(pubsub)
-            if isinstance(exc, CONNECTION_ERRORS):
-                self.cache._failed(exc)
-                raise CacheUnavailable(f"cannot subscribe: {type(exc).__name__}: {exc}") from exc
-            raise
-        self._pubsub = pubsub
+        self._pubsub = await subscribed_pubsub(self.cache, list(self._full), sharded=True)
         self._failures = 0
-
-    async def _read(self, pubsub: Any, *, ignore: bool, timeout: float) -> dict[str, Any] | None:
-        if isinstance(pubsub, aioredis.cluster.ClusterPubSub):
-            return await pubsub.get_sharded_message(
-                ignore_subscribe_messages=ignore, timeout=timeout
-            )
-        return await pubsub.get_message(ignore_subscribe_messages=ignore, timeout=timeout)
 
     async def get(self, timeout: float | None = None) -> PubSubMessage | None:
         """The next message, or None after ``timeout`` seconds (None: wait forever) or when
@@ -846,7 +820,7 @@ class Subscription:
                     await asyncio.sleep(min(self.cache._backoff(self._failures), remaining))
                     continue
             try:
-                msg = await self._read(self._pubsub, ignore=True, timeout=min(remaining, 1.0))
+                msg = await read_pubsub(self._pubsub, ignore=True, timeout=min(remaining, 1.0))
             except CONNECTION_ERRORS as exc:
                 self.cache._failed(exc)
                 await _close_pubsub(self._pubsub)
@@ -899,6 +873,48 @@ class Subscription:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+async def subscribed_pubsub(
+    cache: Cache,
+    channels: Sequence[str],
+    *,
+    sharded: bool,
+    on_message: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """A pub/sub connection subscribed (SSUBSCRIBE when ``sharded``) to ``channels``, each
+    confirmed by the server within connect + command timeout; messages that arrive meanwhile
+    go to ``on_message``. A connection error is :class:`CacheUnavailable`."""
+    pubsub = cache.client.pubsub()
+    try:
+        await (pubsub.ssubscribe if sharded else pubsub.subscribe)(*channels)
+        pending = set(channels)
+        deadline = time.monotonic() + cache.connect_timeout + cache.command_timeout
+        while pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise rexc.TimeoutError("no subscription confirmation from redis")
+            msg = await read_pubsub(pubsub, ignore=False, timeout=min(remaining, 1.0))
+            if not msg:
+                continue
+            if msg["type"] in ("subscribe", "ssubscribe"):
+                pending.discard(msg["channel"])
+            elif on_message is not None and msg["type"] in ("message", "smessage"):
+                on_message(msg)
+    except BaseException as exc:
+        await _close_pubsub(pubsub)
+        if isinstance(exc, CONNECTION_ERRORS):
+            cache._failed(exc)
+            raise CacheUnavailable(f"cannot subscribe: {type(exc).__name__}: {exc}") from exc
+        raise
+    return pubsub
+
+
+async def read_pubsub(pubsub: Any, *, ignore: bool, timeout: float) -> dict[str, Any] | None:
+    """The next message of ``pubsub`` (sharded on a cluster), or None after ``timeout``."""
+    if isinstance(pubsub, aioredis.cluster.ClusterPubSub):
+        return await pubsub.get_sharded_message(ignore_subscribe_messages=ignore, timeout=timeout)
+    return await pubsub.get_message(ignore_subscribe_messages=ignore, timeout=timeout)
 
 
 async def _close_pubsub(pubsub: Any) -> None:

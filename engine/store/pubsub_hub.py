@@ -19,11 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
-
-import redis.exceptions as rexc
 
 from engine.store.errors import CacheUnavailable
 
@@ -139,31 +136,11 @@ class PubSubHub:
 
     async def _open(self, channels: list[str]) -> Any:
         """A pubsub connection subscribed to ``channels``, confirmations read inline."""
-        from engine.store.cache import CONNECTION_ERRORS, _close_pubsub
+        from engine.store.cache import subscribed_pubsub
 
-        pubsub = self.cache.client.pubsub()
-        try:
-            await pubsub.subscribe(*channels)
-            pending = set(channels)
-            deadline = time.monotonic() + self.cache.connect_timeout + self.cache.command_timeout
-            while pending:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise rexc.TimeoutError("no subscription confirmation from redis")
-                msg = await pubsub.get_message(
-                    ignore_subscribe_messages=False, timeout=min(remaining, 1.0)
-                )
-                if msg and msg["type"] == "subscribe":
-                    pending.discard(msg["channel"])
-                elif msg and msg["type"] == "message":
-                    self._dispatch(msg)
-        except BaseException as exc:
-            await _close_pubsub(pubsub)
-            if isinstance(exc, CONNECTION_ERRORS):
-                self.cache._failed(exc)
-                raise CacheUnavailable(f"cannot subscribe: {type(exc).__name__}: {exc}") from exc
-            raise
-        return pubsub
+        return await subscribed_pubsub(
+            self.cache, channels, sharded=False, on_message=self._dispatch
+        )
 
     def _start_reader(self) -> None:
         if self._reader is None or self._reader.done():
