@@ -714,16 +714,25 @@ async def test_inbound_mark_is_written_after_a_group_commit(engine: Engine) -> N
 # ---- callers that go away ---------------------------------------------------------------
 
 
+async def _in_flight(
+    engine: Engine, prefix: str, count: int
+) -> tuple[Conversation, list[asyncio.Task[Message]]]:
+    """A new session and ``count`` customer messages posted into it at once, each by its own
+    task; returns once every task has submitted its message to the batcher."""
+    conv = await engine.session()
+    tasks = [
+        asyncio.create_task(engine.service.post_customer_message(CCID, conv.id, f"{prefix}{i}"))
+        for i in range(count)
+    ]
+    await asyncio.sleep(0)
+    return conv, tasks
+
+
 @pg_only
 async def test_a_cancelled_caller_does_not_cancel_the_batch(engine: Engine) -> None:
     service = engine.service
     assert service.batcher is not None
-    conv = await engine.session()
-    tasks = [
-        asyncio.create_task(service.post_customer_message(CCID, conv.id, f"c{i}"))
-        for i in range(10)
-    ]
-    await asyncio.sleep(0)  # every task has submitted its message
+    conv, tasks = await _in_flight(engine, "c", 10)
     tasks[3].cancel()
     results = await asyncio.gather(*tasks, return_exceptions=True)
     await service.batcher.close()
@@ -786,12 +795,7 @@ async def test_close_waits_for_the_batches_in_flight(engine: Engine) -> None:
     the batches in flight commit and every caller gets its answer."""
     service = engine.service
     assert service.batcher is not None
-    conv = await engine.session()
-    tasks = [
-        asyncio.create_task(service.post_customer_message(CCID, conv.id, f"s{i}"))
-        for i in range(20)
-    ]
-    await asyncio.sleep(0)  # every task has submitted its message
+    conv, tasks = await _in_flight(engine, "s", 20)
     assert service.batcher._tasks  # a batch is in flight
     await service.close()
     assert not service.batcher._tasks
