@@ -1,15 +1,22 @@
 """Provider webhooks in: verify (on the raw bytes, first), parse, then route each message once.
 
-Idempotency: every inbound item has a provider message id. A Redis key
-``inb:<ccid>:<provider message id>`` is the fast path: ``SET NX`` marks it in progress, and
-after the durable write it holds ``done:<our id>``, so a retry of a finished message is
-acknowledged from Redis alone. Whenever the key says anything else (in progress elsewhere,
-Redis down, key expired) the durable path runs, and it is idempotent by itself: the
-conversation engine stores a provider message id once per tenant (``post_inbound`` answers
-the stored message), campaign replies have a unique ``(tenant, provider_message_id)``, and
-receipts only ever move a status forward. So retries and concurrent duplicates are
-acknowledged with the same id and processed once, and nothing is acknowledged before it is
-durable.
+Idempotency: every inbound item has a provider message id, and nothing is acknowledged
+before it is durable.
+
+* A message into a chat channel on PostgreSQL (group commit) is checked by the database in
+  the round trip that stores it: the batch's function leaves out a provider id already
+  stored for the tenant (or earlier in the same batch), and that message takes the general
+  path, which answers the stored message's id. No Redis key is involved.
+* Everything else (SQLite, campaign replies on ``cxcOnly`` channels, receipts) has a Redis
+  key ``inb:<ccid>:<provider message id>`` as the fast path: ``SET NX`` marks it in
+  progress, and after the durable write it holds ``done:<our id>``, so a retry of a finished
+  message is acknowledged from Redis alone. Whenever the key says anything else (in progress
+  elsewhere, Redis down, key expired) the durable path runs, and it is idempotent by itself:
+  the conversation engine stores a provider message id once per tenant (``post_inbound``
+  answers the stored message), campaign replies have a unique ``(tenant,
+  provider_message_id)``, and receipts only ever move a status forward.
+
+So retries and concurrent duplicates are acknowledged with the same id and processed once.
 
 Routing: the receiving ``channelId`` names its ``chat.*`` section. Chat channels go to the
 conversation engine (``post_inbound``: one conversation per customer and channel, media sms,
@@ -161,7 +168,21 @@ class InboundService:
         digest = hashlib.sha1(provider_message_id.encode("utf-8")).hexdigest()
         return f"inb:{tenant.ccid}:{digest}"
 
+    def _stored_once_by_database(self, item: Inbound) -> bool:
+        """A message into a chat channel with group commit (PostgreSQL): the batch's own
+        function leaves out a provider id stored before, so a Redis key would only repeat
+        that check at the cost of a round trip."""
+        if not isinstance(item, InboundMessage):
+            return False
+        channel = self.model.channel(item.channel_id)
+        if channel is None or channel.cxc_only:
+            return False
+        service = self._conversations()
+        return service is not None and service.batcher is not None
+
     async def _once(self, tenant: Tenant, item: Inbound) -> str:
+        if self._stored_once_by_database(item):
+            return await self._process(tenant, item)
         key = self._key(tenant, item.provider_message_id)
         try:
             seen = await self.cache.claim(key, "pending", IN_PROGRESS_TTL)
@@ -207,7 +228,7 @@ class InboundService:
         service = self._conversations()
         if service is None:
             raise RuntimeError("the conversation engine is not running in this process")
-        _, message, created = await service.post_inbound(
+        message, created = await service.post_inbound(
             tenant.ccid, item.channel_id, item.sender.id, text,
             provider_message_id=item.provider_message_id, nickname=item.sender.nickname,
             first_name=item.sender.first_name, last_name=item.sender.last_name,

@@ -5,8 +5,8 @@ open and has an open segment. Done one by one, each such message costs a lookup,
 transaction (BEGIN, lock and reserve, insert, COMMIT) and a publish: a handful of round trips
 and, in Python, far more CPU than the database work itself. :class:`AppendBatcher` takes the
 messages that arrive while a commit is in flight and stores them together in one call of the
-function ``nexus_append_batch`` (migration v0005): one round trip and one transaction, whatever
-their number. Then it publishes them in one Redis pipeline.
+function ``nexus_append_messages`` (migration v0006): one round trip and one transaction,
+whatever their number. Then it publishes them in one Redis pipeline.
 
 Guarantees are those of :meth:`ConversationService._post` (see docs/conversations.md):
 
@@ -18,9 +18,11 @@ Guarantees are those of :meth:`ConversationService._post` (see docs/conversation
   VOLATILE: a snapshot per statement), and reserves indexes only for the messages that have
   an open segment to go to;
 * **durable before acknowledged**: a caller's future resolves after the COMMIT;
-* **a provider message id stored once**: the unique index stands; a batch that hits it (a
-  retry whose idempotency marker is gone, a concurrent duplicate) rolls back as a whole, and
-  every message of it takes the general path, which answers duplicates from the store.
+* **a provider message id stored once**: the function leaves out a message whose provider
+  id is already stored for its tenant or comes earlier in the same batch (that message takes
+  the general path, which answers it from the store); the unique index stands behind it, and
+  a batch that hits it (a duplicate that a concurrent batch is storing) rolls back as a
+  whole, every message of it taking the general path.
 
 Anything that is not the common case (no open conversation, no open segment, a closed
 conversation, a failed batch) answers ``None``: the caller runs the general path, unchanged.
@@ -37,40 +39,53 @@ from datetime import datetime
 from typing import Any
 
 from engine.routing.conversation_models import (
-    Conversation,
+    Media,
     Message,
     MessageType,
     ParticipantType,
-    Segment,
+    SegmentState,
     from_epoch,
 )
-from engine.routing.conversation_repo import Draft
 from engine.store.db import Store
 from engine.store.errors import Conflict, StoreError
 
 log = logging.getLogger("nexus.routing.batch")
+
+_CUSTOMER = str(ParticipantType.CUSTOMER)
 
 #: at most this many messages per transaction
 MAX_BATCH = 256
 #: batches of one process committing at the same time (the next one fills meanwhile)
 MAX_INFLIGHT = 2
 
-# One round trip: the function of migration v0005 finds, locks (in id order) and appends in
-# the call's own transaction; see engine/store/migrations/v0005_append_function.py.
-_APPEND_BATCH = (
-    "SELECT message_id, message_idx, conversation_id, conv, seg FROM nexus_append_batch("
+# One round trip: the function of migration v0006 finds, locks (in id order) and appends in
+# the call's own transaction; see engine/store/migrations/v0006_append_messages.py.
+_APPEND_MESSAGES = (
+    "SELECT message_id, message_idx, conversation_id, from_participant_id, from_nickname, "
+    "segment_id, segment_state, segment_agent, segment_media FROM nexus_append_messages("
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
     "$8::text[], $9::text, $10::timestamptz)"
 )
 
 
 @dataclass(frozen=True, slots=True)
-class Appended:
-    """A stored customer message: the conversation as locked and updated by the batch, the
-    open segment it went to, and the message."""
+class OpenSegment:
+    """What a group commit learns of the open segment a message went to: enough to fan the
+    message out (the assigned agent) and to wake a held interaction."""
 
-    conversation: Conversation
-    segment: Segment
+    id: str
+    tenant: str
+    conversation_id: str
+    state: SegmentState
+    agent: str | None
+    media: Media
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """A stored customer message and the open segment it went to."""
+
+    segment: OpenSegment
     message: Message
 
 
@@ -91,7 +106,7 @@ class _Request:
 
 #: publish(stored pairs, cache sets): fans the messages out after the commit, never raises
 Publish = Callable[
-    [Sequence[tuple[Segment, Message]], Sequence[tuple[str, str, float]]], Awaitable[None]
+    [Sequence[tuple[OpenSegment, Message]], Sequence[tuple[str, str, float]]], Awaitable[None]
 ]
 
 
@@ -231,7 +246,7 @@ class AppendBatcher:
         now = from_epoch(self.clock())
         async with self.store.raw_connection() as conn:
             rows = await conn.fetch(
-                _APPEND_BATCH,
+                _APPEND_MESSAGES,
                 [r.tenant for r in batch],
                 [r.conversation_id for r in batch],
                 [None if r.conversation_id else r.channel_id for r in batch],
@@ -240,7 +255,7 @@ class AppendBatcher:
                 [str(r.type) for r in batch],
                 [r.text for r in batch],
                 [r.provider_message_id for r in batch],
-                str(ParticipantType.CUSTOMER),
+                _CUSTOMER,
                 now,
             )
         return self._results(batch, ids, rows, now)
@@ -249,30 +264,27 @@ class AppendBatcher:
     def _results(
         batch: list[_Request], ids: list[str], rows: list[Any], now: datetime
     ) -> list[tuple[_Request, Appended]]:
-        # rows: one per stored message, then one per conversation (its row and open segment)
-        by_message: dict[str, tuple[str, int]] = {}
-        found: dict[str, tuple[Conversation, Segment]] = {}
-        for row in rows:
-            if row["message_id"] is not None:
-                by_message[row["message_id"]] = (row["conversation_id"], row["message_idx"])
-            else:
-                found[row["conversation_id"]] = (
-                    Conversation.from_row(row["conv"]), Segment.from_row(row["seg"])
-                )
+        # a row per stored message: (id, index, conversation, sender, nickname, segment's
+        # id, state, agent, media); no row: not stored (no open conversation or segment, or
+        # a provider message id stored before)
+        by_id = {row[0]: row for row in rows}
+        segments: dict[str, OpenSegment] = {}
         out: list[tuple[_Request, Appended]] = []
         for request, message_id in zip(batch, ids, strict=True):
-            stored = by_message.get(message_id)
-            if stored is None:
-                continue  # no open conversation or segment: nothing was stored
-            conversation, segment = found[stored[0]]
-            draft = Draft(
-                request.type,
-                conversation.customer_id,
-                ParticipantType.CUSTOMER,
-                from_nickname=conversation.customer_nickname,
-                text=request.text,
+            row = by_id.get(message_id)
+            if row is None:
+                continue
+            _, index, conversation_id, sender, nickname, segment_id, state, agent, media = row
+            segment = segments.get(segment_id)
+            if segment is None:
+                segment = segments[segment_id] = OpenSegment(
+                    segment_id, request.tenant, conversation_id, SegmentState(state), agent,
+                    Media(media),
+                )
+            message = Message(
+                conversation_id, index, message_id, request.type, request.text, sender,
+                nickname, ParticipantType.CUSTOMER, now, segment_id,
                 provider_message_id=request.provider_message_id,
             )
-            message = draft.stored(conversation.id, int(stored[1]), message_id, now, segment.id)
-            out.append((request, Appended(conversation, segment, message)))
+            out.append((request, Appended(segment, message)))
         return out

@@ -35,7 +35,7 @@ from typing import Any
 
 from engine.config.model import Model
 from engine.config.model import Tenant as TenantConfig
-from engine.routing.append_batcher import AppendBatcher, Appended
+from engine.routing.append_batcher import AppendBatcher, Appended, OpenSegment
 from engine.routing.contacts import Contacts, normalize_phone
 from engine.routing.conversation_models import (
     LIVE_ONLY_TYPES,
@@ -502,7 +502,7 @@ class ConversationService:
 
     async def _publish_pairs(
         self,
-        pairs: Sequence[tuple[Segment, Message]],
+        pairs: Sequence[tuple[OpenSegment, Message]],
         sets: Sequence[tuple[str, str, float]],
     ) -> None:
         await self.router.publish_pairs(pairs, sets)
@@ -593,10 +593,11 @@ class ConversationService:
         first_name: str | None = None,
         last_name: str | None = None,
         mark: tuple[str, float] | None = None,
-    ) -> tuple[Conversation, Message, bool]:
+    ) -> tuple[Message, bool]:
         """Ingest one inbound SMS/messaging-app message: the customer's open conversation
-        on the channel (created if needed) gets the message. Returns ``(conversation,
-        message, created)``; ``created`` is False for a provider message id seen before.
+        on the channel (created if needed) gets the message. Returns ``(message,
+        created)``; ``created`` is False for a provider message id seen before (the message
+        is then the stored one; its ``conversation_id`` names the conversation).
         ``mark=(cache key, ttl)``: when the message is new, that key (unprefixed, as for
         :meth:`Cache.set`) gets ``done:<message id>`` in the publish's pipeline, after the
         commit (the caller's idempotency marker, without a round trip of its own).
@@ -622,7 +623,7 @@ class ConversationService:
                 )
                 if appended is not None:
                     await self._after_appended(appended)
-                    return appended.conversation, appended.message, True
+                    return appended.message, True
         if normalized is not None:
             known_id, conversation_id = await self.repo.inbound_lookup(
                 tenant, channel_id, normalized, provider_message_id
@@ -637,9 +638,7 @@ class ConversationService:
         if provider_message_id:
             known = await self.repo.messages_by_provider_ids(tenant, [provider_message_id])
             if provider_message_id in known:
-                message = known[provider_message_id]
-                conversation = await self.get_conversation(tenant, message.conversation_id)
-                return conversation, message, False
+                return known[provider_message_id], False
         body = self._text(text, MessageType.TEXT)
         return await self._post_inbound(
             tenant, channel_id, address, body, None, provider_message_id=provider_message_id,
@@ -662,7 +661,7 @@ class ConversationService:
         checked: bool = True,
         looked_up: bool = False,
         mark: tuple[str, float] | None = None,
-    ) -> tuple[Conversation, Message, bool]:
+    ) -> tuple[Message, bool]:
         """Post into ``conversation_id`` (the customer's open conversation as just looked
         up) or into the one :meth:`open_or_get_conversation_for_address` gives."""
 
@@ -680,7 +679,6 @@ class ConversationService:
             ]
 
         for attempt in range(_RETRIES):
-            conversation: Conversation | None = None
             if conversation_id is None or attempt > 0:
                 conversation, _created = await self._open_or_get(
                     tenant,
@@ -707,13 +705,7 @@ class ConversationService:
                 continue  # closed (Done) meanwhile: the next message opens a new one
             await self._after(*result, wake=True, mark=mark)
             posted = result[0]
-            if posted.conversation is not None:
-                conversation = posted.conversation
-            elif conversation is None or conversation.id != posted.messages[0].conversation_id:
-                conversation = await self.get_conversation(
-                    tenant, posted.messages[0].conversation_id
-                )
-            return conversation, posted.messages[0], posted.created
+            return posted.messages[0], posted.created
         raise ConversationClosed(f"could not deliver to a conversation on {channel_id}")
 
     def _agent_check(self, agent: str) -> Callable[[Conversation, Segment | None], None]:

@@ -42,6 +42,7 @@ from typing import Any
 
 from engine.config.model import Model, User
 from engine.config.model import Queue as QueueConfig
+from engine.routing.append_batcher import OpenSegment
 from engine.routing.conversation_models import (
     ConversationNotFound,
     InteractionEvent,
@@ -231,7 +232,7 @@ class Router:
 
     async def publish_pairs(
         self,
-        pairs: Sequence[tuple[Segment | None, Message]],
+        pairs: Sequence[tuple[Segment | OpenSegment | None, Message]],
         sets: Sequence[tuple[str, str, float]] = (),
     ) -> None:
         """:meth:`publish_messages` for messages of several conversations (each with its

@@ -185,8 +185,8 @@ async def test_fifty_concurrent_first_sms_make_one_conversation(engine: Engine) 
             for i in range(50)
         )
     )
-    assert len({conv.id for conv, _, _ in results}) == 1
-    assert all(created for _, _, created in results)
+    assert len({message.conversation_id for message, _ in results}) == 1
+    assert all(created for _, created in results)
     rows = await engine.store.fetch_all(sa.select(conversations))
     assert len(rows) == 1 and rows[0]["customer_address"] == "+16505550100"
     assert rows[0]["media"] == "sms"
@@ -197,11 +197,11 @@ async def test_fifty_concurrent_first_sms_make_one_conversation(engine: Engine) 
     assert sorted(m.text for m in stored) == sorted(f"sms{i}" for i in range(50))
     assert [m.index for m in stored] == list(range(1, 51))
     # a provider retry of one id is acknowledged again and not stored twice
-    conv, message, created = await engine.service.post_inbound(
+    message, created = await engine.service.post_inbound(
         CCID, SMS_CHANNEL, "+16505550100", "sms7", provider_message_id="p7"
     )
-    assert not created and message.text == "sms7" and conv.id == rows[0]["id"]
-    assert len(await engine.service.read_messages(CCID, conv.id)) == 50
+    assert not created and message.text == "sms7" and message.conversation_id == rows[0]["id"]
+    assert len(await engine.service.read_messages(CCID, message.conversation_id)) == 50
 
 
 async def test_files_and_limits(engine: Engine) -> None:
@@ -296,7 +296,7 @@ async def test_customer_message_into_the_open_segment_in_one_statement(
 
 
 async def test_post_inbound_mark_is_written_with_the_publish(engine: Engine) -> None:
-    conv, message, created = await engine.service.post_inbound(
+    message, created = await engine.service.post_inbound(
         CCID, SMS_CHANNEL, "+16505550123", "hello", provider_message_id="pm-mark",
         mark=("inb:test:pm-mark", 60.0),
     )
@@ -304,7 +304,7 @@ async def test_post_inbound_mark_is_written_with_the_publish(engine: Engine) -> 
     assert await engine.cache.get("inb:test:pm-mark") == f"done:{message.id}"
     # a repeat is answered from the store and leaves the marker to the caller
     await engine.cache.delete("inb:test:pm-mark")
-    _, again, created = await engine.service.post_inbound(
+    again, created = await engine.service.post_inbound(
         CCID, SMS_CHANNEL, "+16505550123", "hello", provider_message_id="pm-mark",
         mark=("inb:test:pm-mark", 60.0),
     )

@@ -98,6 +98,26 @@ def test_duplicates_sequential_and_concurrent_are_processed_once(setup: Setup) -
     assert [m["text"] for m in texts] == ["twenty at once"]
 
 
+def test_duplicates_into_an_open_conversation_are_stored_once(setup: Setup) -> None:
+    # the group-commit path (PostgreSQL): the batch's function leaves out a stored or
+    # repeated provider id; duplicates spread over both workers also race on the index
+    phone = unique_phone()
+    opened = post_async(setup.engine, async_body(text_message(f"o-{uuid.uuid4()}", phone, "hi")))
+    assert opened.status_code == 200
+    mid = f"dup-open-{uuid.uuid4()}"
+    body = async_body(text_message(mid, phone, "once into the open conversation"))
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: post_async(setup.engine, body), range(20)))
+    assert {a.status_code for a in answers} == {200}
+    ids = {tuple(a.json()["data"]["ids"]) for a in answers}
+    assert len(ids) == 1
+    assert post_async(setup.engine, body).json()["data"]["ids"] == list(ids.pop())
+    stored = setup.console.messages(setup.console.find(mid)["conversationId"])
+    texts = [m["text"] for m in stored if m["type"] == "Text"]
+    assert texts == ["hi", "once into the open conversation"]
+    assert [m["index"] for m in stored] == list(range(1, len(stored) + 1))  # no gap
+
+
 def test_concurrent_first_messages_of_one_sender_make_one_conversation(setup: Setup) -> None:
     phone = unique_phone()
     mids = [f"c-{uuid.uuid4()}" for _ in range(10)]
