@@ -217,40 +217,59 @@ def _route_label(app: Sanic, request: Request) -> str:
 
 def _add_middleware(app: Sanic) -> None:
     sampler: metrics.RuntimeSampler = app.ctx.sampler
-    inflight = sampler.inflight
+    track, untrack = sampler.inflight.add, sampler.inflight.discard
+    count_request, count_error = metrics.REQUEST_COUNT.inc, metrics.ERROR_COUNT.inc
+    trace_id_from, access_enabled = nexus_logging.trace_id_from, nexus_logging.access_enabled
+    perf_counter = time.perf_counter
     limit = app.ctx.settings.body_limit
+    # Whether Sanic takes client addresses from proxy headers; read at the first response, as
+    # Sanic's config is slow to read and settled by then.
+    proxy_headers: list[bool] = []
+
+    def remote_of(request: Request) -> str:
+        if not proxy_headers:
+            config = app.config
+            proxy_headers.append(
+                bool(config.FORWARDED_SECRET or config.REAL_IP_HEADER or config.PROXIES_COUNT)
+            )
+        if proxy_headers[0]:
+            return request.remote_addr or (request.ip or "")
+        return request.ip or ""  # what remote_addr would fall back to, without parsing headers
 
     @app.on_request(priority=1000)
     async def begin(request: Request) -> None:
-        request.ctx.trace_id = nexus_logging.trace_id_from(request.headers.get("x-b3-traceid"))
-        request.ctx.started = time.perf_counter()
-        inflight.add(request)
+        ctx = request.ctx
+        ctx.trace_id = trace_id_from(request.headers.get("x-b3-traceid"))
+        ctx.started = perf_counter()
+        track(request)
         # Sanic's HTTP/1 server refuses larger bodies before reading them; this covers ASGI.
         if request.body and len(request.body) > limit:
             raise PayloadTooLarge()
 
     @app.on_response(priority=1000)
     async def end(request: Request, response: HTTPResponse) -> None:
-        trace_id = getattr(request.ctx, "trace_id", None)
+        ctx = request.ctx
+        trace_id = getattr(ctx, "trace_id", None)
         if trace_id is None:  # the request never reached the request middleware
-            trace_id = request.ctx.trace_id = nexus_logging.trace_id_from(None)
-            request.ctx.started = time.perf_counter()
+            trace_id = ctx.trace_id = trace_id_from(None)
+            ctx.started = perf_counter()
         response.headers["X-B3-TraceId"] = trace_id
-        metrics.REQUESTS.inc()
+        count_request()
         status = response.status
         if status >= 500:
-            metrics.ERRORS.inc()
-        inflight.discard(request)
-        nexus_logging.access_line(
-            trace_id=trace_id,
-            method=request.method,
-            route=_route_label(app, request),
-            path=request.path,
-            query=request.query_string,
-            status=status,
-            started=request.ctx.started,
-            remote=request.remote_addr or (request.ip or ""),
-        )
+            count_error()
+        untrack(request)
+        if access_enabled():  # else the line's fields are not worth gathering
+            nexus_logging.access_line(
+                trace_id=trace_id,
+                method=request.method,
+                route=_route_label(app, request),
+                path=request.path,
+                query=request.query_string,
+                status=status,
+                started=ctx.started,
+                remote=remote_of(request),
+            )
 
 
 # ---------------------------------------------------------------------- config
@@ -327,6 +346,7 @@ def _forward_sighup(app: Sanic) -> Callable[[int, Any], None]:
 
 def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
     settings: Settings = app.ctx.settings
+    counter_folder = metrics.CounterFolder()
 
     @app.main_process_start
     async def main_start(app: Sanic) -> None:
@@ -355,6 +375,7 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
     async def start_background(app: Sanic) -> None:
         loop = asyncio.get_running_loop()
         app.ctx.sampler.start()
+        counter_folder.start()
         app.ctx.sighup_installed = False
         if hasattr(signal, "SIGHUP") and os.environ.get("SANIC_WORKER_NAME"):
             try:
@@ -373,6 +394,9 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
 
     @app.after_server_stop
     async def disconnect(app: Sanic) -> None:
+        # Every response is out: the last counts and access lines of this worker go now.
+        await counter_folder.stop()
+        nexus_logging.flush_access_lines()
         await stop_worker(app)
 
 

@@ -8,17 +8,24 @@
   registered with :func:`register_secret` (the signing secret, the client secret, passwords in
   database/Redis URLs).
 * :func:`trace_id_from` accepts an ``X-B3-TraceId`` of 16 or 32 hex characters or makes one.
-* :func:`access_line` writes the one access line per request.
+* :func:`access_line` writes the one access line per request. In an event loop the lines of a
+  short window (:data:`ACCESS_FLUSH_DELAY`) go out together, in writes of whole lines of at most
+  ``PIPE_BUF`` bytes (so workers sharing one stdout pipe never interleave); the buffer is
+  flushed by a timer, before any other record of this process, by :func:`flush_access_lines`
+  (worker stop) and at exit.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import os
 import re
-import secrets
+import select
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -91,7 +98,31 @@ def trace_id_from(header: str | None) -> str:
     """A valid incoming ``X-B3-TraceId`` (lower-cased) or a fresh 32-hex-character one."""
     if header and _TRACE_RE.fullmatch(header):
         return header.lower()
-    return secrets.token_hex(16)
+    return _random_trace_id()
+
+
+_TRACE_BYTES = 16
+_TRACE_POOL_SIZE = _TRACE_BYTES * 256
+_trace_pool = memoryview(b"")
+_trace_lock = threading.Lock()
+
+
+def _random_trace_id() -> str:
+    """16 bytes of ``os.urandom`` in hex, taken from a pool: one syscall per 256 trace ids."""
+    global _trace_pool
+    with _trace_lock:
+        if len(_trace_pool) < _TRACE_BYTES:
+            _trace_pool = memoryview(os.urandom(_TRACE_POOL_SIZE))
+        chunk, _trace_pool = _trace_pool[:_TRACE_BYTES], _trace_pool[_TRACE_BYTES:]
+    return chunk.hex()
+
+
+def _forget_trace_pool() -> None:
+    global _trace_pool
+    _trace_pool = memoryview(b"")  # a forked child must not repeat its parent's ids
+
+
+os.register_at_fork(after_in_child=_forget_trace_pool)
 
 
 #: LogRecord attributes that are not "extra" fields.
@@ -176,6 +207,10 @@ class StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__(sys.stdout)
 
+    def emit(self, record: logging.LogRecord) -> None:
+        _ACCESS_BUFFER.flush()  # this process's lines stay in the order they were made
+        super().emit(record)
+
     @property  # type: ignore[override]
     def stream(self) -> TextIO:
         return sys.stdout
@@ -222,7 +257,7 @@ def access_line(
     *,
     trace_id: str,
     method: str,
-    route: str,
+    route: str | None,
     path: str,
     query: str,
     status: int,
@@ -234,7 +269,27 @@ def access_line(
         return
     # Paths hold ids, never secrets; query values are masked by name and by value.
     shown = f"{path}?{mask_query(query)}" if query else path
-    fields = {
+    handler = _direct_handler()
+    if handler is None:  # other handlers are attached (tests, embedding): go through logging
+        fields = _access_fields(trace_id, method, route, shown, status, duration_ms, remote)
+        _access.info("%s %s %d", method, shown, status, extra={**fields, "_masked": True})
+        return
+    # The hot path: one access line per request, formatted here and written straight to
+    # stdout, skipping LogRecord creation, caller lookup and the secret filter (the parts
+    # are masked above), which together cost more than the request itself.
+    if isinstance(handler.formatter, TextFormatter):
+        fields = _access_fields(trace_id, method, route, shown, status, duration_ms, remote)
+        line = _text_access_line(fields)
+    else:
+        line = _json_access_line(trace_id, method, route, shown, status, duration_ms, remote)
+    _ACCESS_BUFFER.add(line + "\n")
+
+
+def _access_fields(
+    trace_id: str, method: str, route: str | None, shown: str, status: int,
+    duration_ms: float, remote: str,
+) -> dict[str, Any]:
+    return {
         "trace_id": trace_id,
         "method": method,
         "route": route,
@@ -244,31 +299,118 @@ def access_line(
         "remote": remote,
         "worker": _PID,
     }
-    handler = _direct_handler()
-    if handler is None:  # other handlers are attached (tests, embedding): go through logging
-        _access.info("%s %s %d", method, shown, status, extra={**fields, "_masked": True})
-        return
-    # The hot path: one access line per request, formatted here and written straight to
-    # stdout, skipping LogRecord creation, caller lookup and the secret filter (the parts
-    # are masked above), which together cost more than the request itself.
-    now = time.time()
+
+
+def _text_access_line(fields: dict[str, Any]) -> str:
+    """What TextFormatter gives for the access record."""
+    message = f"{fields['method']} {fields['path']} {fields['status']}"
+    tail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "trace_id")
+    head = f"{_iso(time.time())} {'INFO':<7} {ACCESS_LOGGER} [{fields['trace_id']}]"
+    return f"{head}: {message} ({tail})"
+
+
+def _json_access_line(
+    trace_id: str, method: str, route: str | None, shown: str, status: int,
+    duration_ms: float, remote: str,
+) -> str:
+    """What JsonFormatter (json.dumps, ensure_ascii=False) gives, without the generic encoder."""
+    esc = _json_string
     message = f"{method} {shown} {status}"
-    if isinstance(handler.formatter, TextFormatter):
-        tail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "trace_id")
-        line = f"{_iso(now)} {'INFO':<7} {ACCESS_LOGGER} [{trace_id}]: {message} ({tail})"
-    else:
-        # What json.dumps(..., ensure_ascii=False) gives, without its generic encoder.
-        esc = _json_value
-        line = (
-            f'{{"ts": "{_iso(now)}", "level": "info", "logger": "{ACCESS_LOGGER}", '
-            f'"msg": {esc(message)}, "pid": {_PID}, "trace_id": {esc(trace_id)}, '
-            f'"method": {esc(method)}, "route": {esc(route)}, "path": {esc(shown)}, '
-            f'"status": {int(status)}, "duration_ms": {duration_ms!r}, '
-            f'"remote": {esc(remote)}, "worker": {_PID}}}'
-        )
-    out = sys.stdout
-    out.write(line + "\n")
-    out.flush()  # one write per line, like logging: lines of several workers never interleave
+    return (
+        f'{{"ts": "{_iso(time.time())}", "level": "info", "logger": "{ACCESS_LOGGER}", '
+        f'"msg": {esc(message)}, "pid": {_PID}, "trace_id": {esc(trace_id)}, '
+        f'"method": {esc(method)}, "route": {_json_value(route)}, "path": {esc(shown)}, '
+        f'"status": {int(status)}, "duration_ms": {duration_ms!r}, '
+        f'"remote": {esc(remote)}, "worker": {_PID}}}'
+    )
+
+
+def access_enabled() -> bool:
+    """Whether :func:`access_line` writes anything (callers skip gathering its fields if not)."""
+    return _access.isEnabledFor(logging.INFO)
+
+
+def flush_access_lines() -> None:
+    """Write the access lines still buffered (at worker stop; also run at exit)."""
+    _ACCESS_BUFFER.flush()
+
+
+#: How long an access line may wait for others to share its write.
+ACCESS_FLUSH_DELAY = 0.05
+#: Pipe writes up to this size are atomic: a batch never exceeds it.
+PIPE_BUF: int = getattr(select, "PIPE_BUF", 512)
+
+
+def _utf8_size(line: str) -> int:
+    return len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
+
+
+class AccessLineBuffer:
+    """Collects access lines and writes them to ``sys.stdout`` in batches of whole lines.
+
+    In an event loop, the first line of a batch arms a timer of ``delay`` seconds; a line that
+    would take the batch past ``limit`` bytes writes the batch first. Outside an event loop a
+    line is written at once. Each write is followed by a flush, so each batch is one write.
+    """
+
+    def __init__(self, delay: float = ACCESS_FLUSH_DELAY, limit: int = PIPE_BUF) -> None:
+        self.delay = delay
+        self.limit = limit
+        self._lines: list[str] = []
+        self._size = 0
+        # Other threads' log records flush too; re-entrant for a record logged by a signal
+        # handler that interrupts this thread inside add().
+        self._lock = threading.RLock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, line: str) -> None:
+        size = _utf8_size(line)
+        with self._lock:
+            if self._lines and self._size + size > self.limit:
+                self._write_batch()
+            self._lines.append(line)
+            self._size += size
+            self._arm_timer()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_loop = None
+            if self._lines:
+                self._write_batch()
+
+    def _arm_timer(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a thread, a tool): nothing would flush later
+            self._write_batch()
+            return
+        if self._timer_loop is not loop:  # none armed, or armed in a loop that is gone
+            self._timer = loop.call_later(self.delay, self._on_timer)
+            self._timer_loop = loop
+
+    def _on_timer(self) -> None:
+        with self._lock:
+            self._timer = self._timer_loop = None
+            if self._lines:
+                self._write_batch()
+
+    def _write_batch(self) -> None:
+        text = "".join(self._lines)
+        self._lines.clear()
+        self._size = 0
+        try:
+            out = sys.stdout
+            out.write(text)
+            out.flush()
+        except (OSError, ValueError):  # stdout is gone: like logging, never fail the caller
+            pass
+
+
+_ACCESS_BUFFER = AccessLineBuffer()
+atexit.register(flush_access_lines)
 
 
 _json_string = json.encoder.encode_basestring  # the C string escaper json.dumps uses

@@ -19,6 +19,14 @@ it (the workers), summed; the start time is the oldest. CPU of workers that alre
 kept through the main process's ``cutime``/``cstime``, so the CPU counters never go backwards
 when a worker is replaced.
 
+Hot-path counters (:class:`BufferedCounter`, e.g. :data:`REQUEST_COUNT`) count in a plain int
+and are folded into their Prometheus counter by :func:`fold_counters`: in a worker every second
+(:class:`CounterFolder`), when the metrics server is about to serve a scrape (it asks every
+worker through a FIFO in the multiprocess directory and waits for the answers,
+:func:`fold_worker_counters`), whenever this process's registry is collected, at worker stop
+and at exit. A multiprocess increment costs an mmap write and a pid check (~1.3 us); a plain
+int about 50 ns.
+
 Runtime metrics (the guide's ``nexus_nodejs_*`` names) are measured in each worker by
 :class:`RuntimeSampler` and written as gauges with a ``live*`` multiprocess mode (summed, or
 the maximum for event-loop lag); ``mark_process_dead`` drops a stopped worker's files. See
@@ -28,12 +36,17 @@ docs/metrics.md for which metrics are exact and which are Python equivalents.
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import errno
 import glob
 import logging
 import os
 import platform
 import shutil
 import sys
+import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -56,9 +69,72 @@ log = logging.getLogger("nexus.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+
+# ---------------------------------------------------------------------- buffered counters
+class BufferedCounter:
+    """A counter (or labelled child) incremented in a plain int, folded in by fold_counters().
+
+    Increment from one thread (the event loop's): ``counted`` is only ever written there and
+    ``_folded`` only under the fold lock, so a fold from any thread loses no increment.
+    """
+
+    __slots__ = ("target", "counted", "_folded")
+
+    def __init__(self, target: Counter) -> None:
+        self.target = target
+        self.counted = 0
+        self._folded = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.counted += amount
+
+    def fold(self) -> None:
+        counted = self.counted
+        delta = counted - self._folded
+        if delta:
+            self._folded = counted
+            self.target.inc(delta)
+
+
+_BUFFERED: list[BufferedCounter] = []
+_FOLD_LOCK = threading.Lock()
+
+
+def buffered(counter: Counter) -> BufferedCounter:
+    """A :class:`BufferedCounter` for ``counter`` (an unlabelled counter or a child)."""
+    front = BufferedCounter(counter)
+    with _FOLD_LOCK:
+        _BUFFERED.append(front)
+    return front
+
+
+def fold_counters() -> None:
+    """Add every buffered increment of this process to its Prometheus counter."""
+    with _FOLD_LOCK:
+        for counter in _BUFFERED:
+            counter.fold()
+
+
+class _FoldOnCollect(Collector):
+    """Registered ahead of the counters: collecting the registry folds them first."""
+
+    def collect(self) -> Iterable[Metric]:
+        fold_counters()
+        return ()
+
+    def describe(self) -> Iterable[Metric]:
+        return ()
+
+
+REGISTRY.register(_FoldOnCollect())
+atexit.register(fold_counters)
+
 # ---------------------------------------------------------------------- HTTP
 REQUESTS = Counter("nexus_request", "The total number of requests.")
 ERRORS = Counter("nexus_errors", "The total number of requests that resulted in an error.")
+#: What the request middleware increments (one per response; errors: status >= 500).
+REQUEST_COUNT = buffered(REQUESTS)
+ERROR_COUNT = buffered(ERRORS)
 CONFIG_RELOADS = Counter(
     "nexus_config_reload",
     "Config reloads (SIGHUP) per worker, by result: applied or rejected.",
@@ -163,14 +239,16 @@ def multiprocess_dir() -> str | None:
 
 
 def prepare_multiprocess_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path``, delete the ``*.db`` files a previous run left, export the variable.
+    """Create ``path``, delete the files a previous run left, export the variable.
 
     Call in the main process before workers are spawned (``main_process_start``).
     """
     directory = Path(path).resolve()
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in glob.glob(str(directory / "*.db")):
-        os.unlink(stale)
+    for pattern in ("*.db", "fold-*", ".fold-*"):
+        for stale in glob.glob(str(directory / pattern)):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
     os.environ[MULTIPROC_ENV] = str(directory)
     return directory
 
@@ -257,8 +335,170 @@ def build_registry(root_pid: int | None = None) -> CollectorRegistry:
 
 
 def render(root_pid: int | None = None) -> bytes:
-    """The text exposition of every metric (aggregated over workers in multiprocess mode)."""
+    """The text exposition of every metric (aggregated over workers in multiprocess mode).
+
+    Every worker's buffered counters are folded first, so the scrape is exact.
+    """
+    directory = multiprocess_dir()
+    if directory:
+        fold_worker_counters(directory)
+    fold_counters()
     return generate_latest(build_registry(root_pid))
+
+
+# ---------------------------------------------------------------------- folds across processes
+#: How long a scrape waits for the workers' folds; a worker that does not answer in time (a
+#: blocked event loop) is served as of its last periodic fold.
+SCRAPE_FOLD_TIMEOUT = 0.5
+_FOLD_PREFIX = "fold-"
+_SEQ_BYTES = 8
+
+
+def _fold_paths(directory: str | os.PathLike[str], pid: int) -> tuple[Path, Path]:
+    """The FIFO a worker reads fold requests from, and the file it acknowledges them in."""
+    base = Path(directory) / f"{_FOLD_PREFIX}{pid}"
+    return base.with_suffix(".fifo"), base.with_suffix(".ack")
+
+
+def fold_worker_counters(
+    directory: str | os.PathLike[str], timeout: float | None = None
+) -> None:
+    """Ask every worker listening in ``directory`` to fold its counters; wait for the answers."""
+    seq = time.monotonic_ns()
+    own_fifo, _ = _fold_paths(directory, os.getpid())  # this process folds itself
+    waiting = [
+        fifo.with_suffix(".ack")
+        for fifo in Path(directory).glob(f"{_FOLD_PREFIX}*.fifo")
+        if fifo != own_fifo and _send_fold_request(fifo, seq)
+    ]
+    deadline = time.monotonic() + (SCRAPE_FOLD_TIMEOUT if timeout is None else timeout)
+    while waiting:
+        waiting = [ack for ack in waiting if _acknowledged(ack) < seq]
+        if not waiting:
+            return
+        if time.monotonic() >= deadline:
+            log.warning("%d worker(s) did not fold their counters for this scrape", len(waiting))
+            return
+        time.sleep(0.001)
+
+
+def _send_fold_request(fifo: Path, seq: int) -> bool:
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:  # nobody reads it: its worker died without cleaning up
+            for path in (fifo, fifo.with_suffix(".ack")):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        return False
+    try:
+        os.write(fd, seq.to_bytes(_SEQ_BYTES, "big"))  # atomic: far below PIPE_BUF
+    except BlockingIOError:
+        return True  # requests queue up unread: the worker is busy, it answers the newest
+    except OSError:
+        return False  # the worker closed it meanwhile (it folds when it stops)
+    finally:
+        os.close(fd)
+    return True
+
+
+def _acknowledged(ack: Path) -> int:
+    """The newest request the worker answered (a vanished worker counts as done)."""
+    try:
+        with ack.open("rb") as file:
+            data = file.read(_SEQ_BYTES)
+    except FileNotFoundError:
+        return sys.maxsize
+    return int.from_bytes(data, "big") if len(data) == _SEQ_BYTES else 0
+
+
+class FoldRequests:
+    """A worker's end: a FIFO in the multiprocess directory the metrics server writes to.
+
+    The FIFO is made under a temporary name, opened, then renamed into place, so the server
+    never finds one without a reader (which it takes for a dead worker's and removes).
+    """
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.fifo, self.ack = _fold_paths(directory, os.getpid())
+        self._fd = -1
+        self._ack_fd = -1
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        pending = self.fifo.with_name(f".{self.fifo.name}")
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
+        os.mkfifo(pending, 0o600)
+        # Read-write, so the FIFO never reports end-of-file between two writers.
+        self._fd = os.open(pending, os.O_RDWR | os.O_NONBLOCK)
+        self._ack_fd = os.open(self.ack, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.rename(pending, self.fifo)
+        loop.add_reader(self._fd, self._answer)
+        self._loop = loop
+
+    def _answer(self) -> None:
+        newest = 0
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(self._fd, 4096):
+                for start in range(0, len(data) - _SEQ_BYTES + 1, _SEQ_BYTES):
+                    seq = int.from_bytes(data[start:start + _SEQ_BYTES], "big")
+                    newest = max(newest, seq)
+        fold_counters()
+        if newest:
+            os.pwrite(self._ack_fd, newest.to_bytes(_SEQ_BYTES, "big"), 0)
+
+    def close(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
+        for path in (self.fifo, self.ack):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for fd in (self._fd, self._ack_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._fd = self._ack_fd = -1
+
+
+class CounterFolder:
+    """Folds this worker's buffered counters every ``interval`` and when a scrape asks."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self._requests: FoldRequests | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self.run(), name="nexus-counter-fold")
+        directory = multiprocess_dir()
+        if directory:
+            requests = FoldRequests(directory)
+            try:
+                requests.open(loop)
+            except OSError:
+                log.exception("scrape-time counter folds are off in this worker")
+                requests.close()
+            else:
+                self._requests = requests
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            fold_counters()
+
+    async def stop(self) -> None:
+        """Stop folding and fold one last time (after the last request was answered)."""
+        if self._requests is not None:
+            self._requests.close()
+            self._requests = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        fold_counters()
 
 
 # ---------------------------------------------------------------------- per-worker runtime
