@@ -27,7 +27,7 @@ import select
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode
@@ -350,12 +350,19 @@ class AccessLineBuffer:
 
     In an event loop, the first line of a batch arms a timer of ``delay`` seconds; a line that
     would take the batch past ``limit`` bytes writes the batch first. Outside an event loop a
-    line is written at once. Each write is followed by a flush, so each batch is one write.
+    line is written at once. ``write`` puts out one batch (default: to the current
+    ``sys.stdout``, then a flush, so each batch is one write).
     """
 
-    def __init__(self, delay: float = ACCESS_FLUSH_DELAY, limit: int = PIPE_BUF) -> None:
+    def __init__(
+        self,
+        delay: float = ACCESS_FLUSH_DELAY,
+        limit: int = PIPE_BUF,
+        write: Callable[[str], None] | None = None,
+    ) -> None:
         self.delay = delay
         self.limit = limit
+        self._write = write or _write_to_stdout
         self._lines: list[str] = []
         self._size = 0
         # Other threads' log records flush too; re-entrant for a record logged by a signal
@@ -401,12 +408,16 @@ class AccessLineBuffer:
         text = "".join(self._lines)
         self._lines.clear()
         self._size = 0
-        try:
-            out = sys.stdout
-            out.write(text)
-            out.flush()
-        except (OSError, ValueError):  # stdout is gone: like logging, never fail the caller
-            pass
+        self._write(text)
+
+
+def _write_to_stdout(text: str) -> None:
+    try:
+        out = sys.stdout
+        out.write(text)
+        out.flush()
+    except (OSError, ValueError):  # stdout is gone: like logging, never fail the caller
+        pass
 
 
 _ACCESS_BUFFER = AccessLineBuffer()
