@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -62,7 +62,8 @@ MAX_INFLIGHT = 2
 # the call's own transaction; see engine/store/migrations/v0006_append_messages.py.
 _APPEND_MESSAGES = (
     "SELECT message_id, message_idx, conversation_id, from_participant_id, from_nickname, "
-    "segment_id, segment_state, segment_agent, segment_media FROM nexus_append_messages("
+    "segment_id, segment_state, segment_agent, segment_media, streamed "
+    "FROM nexus_append_messages("
     "$1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], "
     "$8::text[], $9::text, $10::timestamptz)"
 )
@@ -83,10 +84,12 @@ class OpenSegment:
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """A stored customer message and the open segment it went to."""
+    """A stored customer message, the open segment it went to, and whether a live stream
+    reads the conversation (``conversations.streamed_until`` ahead)."""
 
     segment: OpenSegment
     message: Message
+    streamed: bool = True
 
 
 @dataclass(slots=True, eq=False)
@@ -104,9 +107,15 @@ class _Request:
     )
 
 
-#: publish(stored pairs, cache sets): fans the messages out after the commit, never raises
+#: publish(stored pairs, cache sets, conversations nobody streams): fans the messages out
+#: after the commit (the conversation's channel only where someone streams), never raises
 Publish = Callable[
-    [Sequence[tuple[OpenSegment, Message]], Sequence[tuple[str, str, float]]], Awaitable[None]
+    [
+        Sequence[tuple[OpenSegment, Message]],
+        Sequence[tuple[str, str, float]],
+        Collection[str],
+    ],
+    Awaitable[None],
 ]
 
 
@@ -233,7 +242,8 @@ class AppendBatcher:
                 for r, a in stored
                 if r.mark is not None
             ]
-            await self.publish(pairs, sets)
+            unheard = {a.message.conversation_id for _, a in stored if not a.streamed}
+            await self.publish(pairs, sets, unheard)
         results = {id(r): a for r, a in stored}
         for request in batch:
             found = results.get(id(request))
@@ -265,8 +275,8 @@ class AppendBatcher:
         batch: list[_Request], ids: list[str], rows: list[Any], now: datetime
     ) -> list[tuple[_Request, Appended]]:
         # a row per stored message: (id, index, conversation, sender, nickname, segment's
-        # id, state, agent, media); no row: not stored (no open conversation or segment, or
-        # a provider message id stored before)
+        # id, state, agent, media, streamed); no row: not stored (no open conversation or
+        # segment, or a provider message id stored before)
         by_id = {row[0]: row for row in rows}
         segments: dict[str, OpenSegment] = {}
         out: list[tuple[_Request, Appended]] = []
@@ -274,7 +284,8 @@ class AppendBatcher:
             row = by_id.get(message_id)
             if row is None:
                 continue
-            _, index, conversation_id, sender, nickname, segment_id, state, agent, media = row
+            (_, index, conversation_id, sender, nickname, segment_id, state, agent, media,
+             streamed) = row
             segment = segments.get(segment_id)
             if segment is None:
                 segment = segments[segment_id] = OpenSegment(
@@ -286,5 +297,5 @@ class AppendBatcher:
                 nickname, ParticipantType.CUSTOMER, now, segment_id,
                 provider_message_id=request.provider_message_id,
             )
-            out.append((request, Appended(segment, message)))
+            out.append((request, Appended(segment, message, streamed)))
         return out

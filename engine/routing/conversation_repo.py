@@ -255,6 +255,18 @@ class ConversationRepo:
             .values(updated=self.now(), **values)
         )
 
+    async def mark_streamed(self, conversation_id: str, until: datetime) -> None:
+        """A live stream reads the conversation until ``until`` (moved forward only). The
+        update takes the row's lock: a group commit that locked it earlier has committed
+        by the time this returns, and every later one sees the mark."""
+        column = conversations.c.streamed_until
+        await self.store.execute(
+            sa.update(conversations)
+            .where(conversations.c.id == conversation_id,
+                   sa.or_(column.is_(None), column < until))
+            .values(streamed_until=until)
+        )
+
     async def close_conversation(self, tenant: str, conversation_id: str) -> bool:
         row = await self.store.fetch_one(
             sa.update(conversations)

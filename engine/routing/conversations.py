@@ -29,7 +29,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,11 @@ log = logging.getLogger("nexus.routing.conversations")
 
 _RETRIES = 8
 MAX_TEXT = 16 * 1024
+#: a live stream marks its conversation as streamed this far ahead (renewed at half-time,
+#: checked at least every poll interval); a group commit publishes on the conversation's
+#: channel only while the mark lies ahead. A stream's gap check and its quiet re-reads of
+#: the store deliver anything committed while a mark had lapsed.
+STREAM_MARK_SECONDS = 60.0
 CUSTOMER_POSTABLE = (MessageType.TEXT, MessageType.NOTICE)
 AGENT_POSTABLE = (MessageType.TEXT, MessageType.NOTICE)
 _HASH_OFF_LOOP = 256 * 1024  # bytes: hash larger files in a worker thread
@@ -504,8 +509,9 @@ class ConversationService:
         self,
         pairs: Sequence[tuple[OpenSegment, Message]],
         sets: Sequence[tuple[str, str, float]],
+        unheard: Collection[str],
     ) -> None:
-        await self.router.publish_pairs(pairs, sets)
+        await self.router.publish_pairs(pairs, sets, unheard)
 
     async def _after_appended(self, appended: Appended) -> None:
         """:meth:`_after` for a group-committed message (the batch already published it)."""
@@ -1003,6 +1009,13 @@ class ConversationService:
         conversation = await self.get_conversation(tenant, conversation_id)
         return await self.repo.read_messages(conversation.id, max(1, from_index), limit=limit)
 
+    async def _mark_streamed(self, conversation_id: str) -> float:
+        """Mark the conversation as streamed for :data:`STREAM_MARK_SECONDS`; returns until
+        when (epoch seconds)."""
+        until = self.clock() + STREAM_MARK_SECONDS
+        await self.repo.mark_streamed(conversation_id, from_epoch(until))
+        return until
+
     async def subscribe(
         self, tenant: str, conversation_id: str, from_index: int = 1
     ) -> AsyncIterator[Message]:
@@ -1012,11 +1025,16 @@ class ConversationService:
         conversation = await self.get_conversation(tenant, conversation_id)
         sub = await self.cache.subscribe(conversation_channel(conversation.id))
         try:
+            # subscribed, then marked, then read: what was committed before the mark is in
+            # the read, and every group commit after it publishes (see streamed_until)
+            marked_until = await self._mark_streamed(conversation.id)
             next_index = max(1, from_index)
             for message in await self.repo.read_messages(conversation.id, next_index):
                 yield message
                 next_index = int(message.index or 0) + 1
             while True:
+                if marked_until - self.clock() < STREAM_MARK_SECONDS / 2:
+                    marked_until = await self._mark_streamed(conversation.id)
                 raw = await sub.get(timeout=self.poll_interval)
                 if raw is None:  # quiet: re-read the store (covers a publish that got lost)
                     for message in await self.repo.read_messages(conversation.id, next_index):

@@ -36,7 +36,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -234,14 +234,24 @@ class Router:
         self,
         pairs: Sequence[tuple[Segment | OpenSegment | None, Message]],
         sets: Sequence[tuple[str, str, float]] = (),
+        unheard: Collection[str] = (),
     ) -> None:
         """:meth:`publish_messages` for messages of several conversations (each with its
-        segment) in one pipeline round trip: what a group commit stored."""
+        segment) in one pipeline round trip: what a group commit stored. ``unheard``:
+        conversations no live stream reads (their channel is skipped; an assigned agent's
+        feed still gets the message)."""
         items: list[tuple[str, dict[str, Any]]] = []
         for segment, message in pairs:
+            to_agent = bool(
+                segment is not None and segment.agent and segment.state is SegmentState.ASSIGNED
+            )
+            heard = message.conversation_id not in unheard
+            if not (heard or to_agent):
+                continue
             payload = {"kind": "message", "message": message.as_dict()}
-            items.append((conversation_channel(message.conversation_id), payload))
-            if segment is not None and segment.agent and segment.state is SegmentState.ASSIGNED:
+            if heard:
+                items.append((conversation_channel(message.conversation_id), payload))
+            if to_agent:
                 items.append((agent_channel(segment.tenant, segment.agent), payload))
         if sets:
             await self.bus.publish_many(items, sets=sets)

@@ -91,6 +91,9 @@ conversations = sa.Table(
     _ts("created"),
     _ts("updated"),
     _ts("closed_at", nullable=True, default_now=False),
+    # until when a live stream (a customer's or a bot's WebSocket) reads the conversation:
+    # the group commit publishes a message on the conversation's channel only before then
+    _ts("streamed_until", nullable=True, default_now=False),
     sa.Index("ix_conversations_contact", "tenant", "contact_id"),
     sa.Index("ix_conversations_tenant_state", "tenant", "state"),
 )

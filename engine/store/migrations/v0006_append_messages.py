@@ -1,5 +1,14 @@
-"""v6: ``nexus_append_messages``, the group commit's function with lean results and the
-provider-id check done in the same call (PostgreSQL only; SQLite has no group commit).
+"""v6: ``conversations.streamed_until``, and ``nexus_append_messages``: the group commit's
+function with lean results, the provider-id check done in the same call, and whether anyone
+streams the conversation (the function is PostgreSQL only; SQLite has no group commit).
+
+``streamed_until`` (both dialects): a live stream of the conversation (a customer's or a
+bot's WebSocket) sets it ahead while it runs. Customer messages stored by the group commit
+are published on the conversation's channel only while it lies ahead: most conversations
+(SMS, chat widgets that poll) have nobody listening there, and the publish cost as much CPU
+as the insert. A stream marks the row (taking its lock) before it reads the stored messages,
+so a batch that locked the row before the mark committed its messages before that read,
+and every batch after it sees the mark and publishes.
 
 It does what ``nexus_append_batch`` (v5) does, in the same three steps (find, lock in id
 order, reserve and insert with a fresh snapshot), with two differences:
@@ -13,7 +22,8 @@ order, reserve and insert with a fresh snapshot), with two differences:
   whole batch then takes the general path.)
 * **One plain row per stored message** and nothing else: the message's id and index, the
   conversation's id, the customer's participant id and nickname as stored on the message,
-  and the open segment's id, state, agent and media. v5 returned the whole conversation and
+  the open segment's id, state, agent and media, and whether the conversation is streamed
+  (``streamed_until`` after ``p_now``). v5 returned the whole conversation and
   segment rows as composite values: decoding them (and asyncpg's introspection of the two
   row types on every new connection) cost more than the insert itself.
 
@@ -37,7 +47,8 @@ CREATE OR REPLACE FUNCTION nexus_append_messages(
     p_now timestamptz)
 RETURNS TABLE (message_id text, message_idx integer, conversation_id text,
                from_participant_id text, from_nickname text, segment_id text,
-               segment_state text, segment_agent text, segment_media text)
+               segment_state text, segment_agent text, segment_media text,
+               streamed boolean)
 LANGUAGE plpgsql VOLATILE
 -- every row is reached through an index; stale statistics must not turn one into a scan
 SET enable_seqscan = off
@@ -104,7 +115,8 @@ BEGIN
         UPDATE conversations c SET last_index = c.last_index + t.n, updated = p_now
         FROM t WHERE c.id = t.cid
         RETURNING c.id AS cid, c.last_index, c.customer_id, c.customer_nickname, t.sid,
-            t.sstate, t.sagent, t.smedia
+            t.sstate, t.sagent, t.smedia,
+            coalesce(c.streamed_until > p_now, false) AS streamed
     ), i AS (
         INSERT INTO messages (conversation_id, idx, id, tenant, type, text,
             from_participant_id, from_nickname, from_type, segment_id, provider_message_id,
@@ -116,7 +128,7 @@ BEGIN
     )
     SELECT i.id::text, i.idx, i.conversation_id::text, r.customer_id::text,
         r.customer_nickname::text, r.sid::text, r.sstate::text, r.sagent::text,
-        r.smedia::text
+        r.smedia::text, r.streamed
     FROM i JOIN r ON r.cid = i.conversation_id;
 END
 $fn$;
@@ -124,5 +136,10 @@ $fn$;
 
 
 def statements(dialect: str) -> list[str]:
-    """The function on PostgreSQL; nothing on SQLite."""
-    return [APPEND_MESSAGES] if dialect == "postgresql" else []
+    """The column on both; the function on PostgreSQL."""
+    if dialect == "postgresql":
+        return [
+            "ALTER TABLE conversations ADD COLUMN streamed_until TIMESTAMP WITH TIME ZONE",
+            APPEND_MESSAGES,
+        ]
+    return ["ALTER TABLE conversations ADD COLUMN streamed_until DATETIME"]

@@ -31,7 +31,7 @@ from engine.routing.conversation_models import (
     MessageType,
     SegmentState,
 )
-from engine.routing.conversations import ConversationService
+from engine.routing.conversations import STREAM_MARK_SECONDS, ConversationService
 from engine.routing.decider import Redirect
 from engine.routing.live import agent_channel, conversation_channel
 from engine.routing.router import Router
@@ -617,9 +617,9 @@ async def test_subscriber_gets_every_group_committed_message_once_in_order(
     publishes: list[int] = []
     original = engine.router.publish_pairs
 
-    async def spy(pairs, sets=()):
+    async def spy(pairs, sets=(), unheard=()):
         publishes.append(len(pairs))
-        await original(pairs, sets)
+        await original(pairs, sets, unheard)
 
     monkeypatch.setattr(engine.router, "publish_pairs", spy)
     streams = [service.subscribe(CCID, c.id, 1) for c in convs]
@@ -675,6 +675,46 @@ async def test_assigned_agent_feed_gets_group_committed_messages(engine: Engine)
     finally:
         await feed.close()
     assert sorted(seen) == sorted(m.id for m in posted)
+
+
+@pg_only
+async def test_only_streamed_conversations_get_group_commits_published(engine: Engine) -> None:
+    service = engine.service
+    conv = await engine.session()
+    # a plain subscriber of the channel: it listens, but does not mark the conversation
+    raw = await engine.cache.subscribe(conversation_channel(conv.id))
+
+    async def next_live_index() -> int:
+        item = await raw.get(timeout=10)
+        assert item is not None
+        return json.loads(item.data)["message"]["index"]
+
+    try:
+        before = _counters(service)
+        await service.post_customer_message(CCID, conv.id, "nobody streams")  # index 2
+        stream = service.subscribe(CCID, conv.id, 1)
+        assert [m.text for m in await collect(stream, 2)][1:] == ["nobody streams"]
+        await service.post_customer_message(CCID, conv.id, "streamed")  # index 3
+        # published in order: had index 2 been published, it would come first
+        assert await next_live_index() == 3
+        assert [m.text for m in await collect(stream, 1)] == ["streamed"]
+        await stream.aclose()
+        # the mark lapses once no stream renews it
+        engine.clock.advance(STREAM_MARK_SECONDS + 1)
+        await service.post_customer_message(CCID, conv.id, "lapsed")  # index 4
+        again = service.subscribe(CCID, conv.id, 4)
+        assert [m.text for m in await collect(again, 1)] == ["lapsed"]
+        await service.post_customer_message(CCID, conv.id, "streamed again")  # index 5
+        assert await next_live_index() == 5
+        assert [m.text for m in await collect(again, 1)] == ["streamed again"]
+        await again.aclose()
+        assert _delta(service, before) == Counters(batches=4, appended=4, declined=0)
+    finally:
+        await raw.close()
+    row = await engine.store.fetch_one(
+        sa.select(conversations.c.streamed_until).where(conversations.c.id == conv.id)
+    )
+    assert row is not None and row["streamed_until"] is not None
 
 
 @pg_only

@@ -110,8 +110,8 @@ async def test_failure_after_publish_retry_is_idempotent(
 
     original_pairs = engine.router.publish_pairs
 
-    async def publish_pairs_then_crash(pairs, sets) -> None:  # the group commit's publish
-        await original_pairs(pairs, sets)
+    async def publish_pairs_then_crash(pairs, sets, unheard=()) -> None:  # group commit
+        await original_pairs(pairs, sets, unheard)
         raise ConnectionResetError("the caller never got the acknowledgement")
 
     monkeypatch.setattr(engine.router, "publish_messages", publish_then_crash)
