@@ -29,6 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 import httpx
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from engine.config.model import Model, Secret, Service, Tenant
 from engine.config.refs import RefError
@@ -360,11 +361,14 @@ def json_body(response: httpx.Response) -> Any:
 # ---- inbound helpers -----------------------------------------------------------------
 
 
+_CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
+
+
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """A header by case-insensitive name (works on plain dicts and multidicts)."""
     value = headers.get(name)
-    if value is not None:
-        return value
+    if value is not None or isinstance(headers, _CASE_INSENSITIVE):
+        return value  # a request's headers (Sanic's are a CIMultiDict) need no second look
     lowered = name.lower()
     for key, item in headers.items():
         if key.lower() == lowered:
