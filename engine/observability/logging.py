@@ -118,8 +118,10 @@ def _random_trace_id() -> str:
 
 
 def _forget_trace_pool() -> None:
-    global _trace_pool
-    _trace_pool = memoryview(b"")  # a forked child must not repeat its parent's ids
+    """In a forked child: its own ids (not the parent's next ones), and a lock nobody holds."""
+    global _trace_pool, _trace_lock
+    _trace_pool = memoryview(b"")
+    _trace_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_trace_pool)
@@ -404,6 +406,13 @@ class AccessLineBuffer:
             if self._lines:
                 self._write_batch()
 
+    def forget_after_fork(self) -> None:
+        """In a forked child: the parent writes its own pending lines."""
+        self._lines = []
+        self._size = 0
+        self._lock = threading.RLock()
+        self._timer = self._timer_loop = None
+
     def _write_batch(self) -> None:
         text = "".join(self._lines)
         self._lines.clear()
@@ -422,6 +431,7 @@ def _write_to_stdout(text: str) -> None:
 
 _ACCESS_BUFFER = AccessLineBuffer()
 atexit.register(flush_access_lines)
+os.register_at_fork(after_in_child=lambda: _ACCESS_BUFFER.forget_after_fork())
 
 
 _json_string = json.encoder.encode_basestring  # the C string escaper json.dumps uses

@@ -126,8 +126,17 @@ class _FoldOnCollect(Collector):
         return ()
 
 
+def _forget_parent_counts() -> None:
+    """In a forked child: the parent folds its own pending increments."""
+    global _FOLD_LOCK
+    _FOLD_LOCK = threading.Lock()
+    for counter in _BUFFERED:
+        counter._folded = counter.counted
+
+
 REGISTRY.register(_FoldOnCollect())
 atexit.register(fold_counters)
+os.register_at_fork(after_in_child=_forget_parent_counts)
 
 # ---------------------------------------------------------------------- HTTP
 REQUESTS = Counter("nexus_request", "The total number of requests.")
@@ -421,38 +430,45 @@ class FoldRequests:
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.fifo, self.ack = _fold_paths(directory, os.getpid())
+        self._pending = self.fifo.with_name(f".{self.fifo.name}")
         self._fd = -1
         self._ack_fd = -1
+        self._acked = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
-        pending = self.fifo.with_name(f".{self.fifo.name}")
         with contextlib.suppress(FileNotFoundError):
-            pending.unlink()
-        os.mkfifo(pending, 0o600)
+            self._pending.unlink()
+        os.mkfifo(self._pending, 0o600)
         # Read-write, so the FIFO never reports end-of-file between two writers.
-        self._fd = os.open(pending, os.O_RDWR | os.O_NONBLOCK)
+        self._fd = os.open(self._pending, os.O_RDWR | os.O_NONBLOCK)
         self._ack_fd = os.open(self.ack, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.rename(pending, self.fifo)
+        os.rename(self._pending, self.fifo)
         loop.add_reader(self._fd, self._answer)
         self._loop = loop
 
     def _answer(self) -> None:
+        newest = self._read_requests()
+        fold_counters()
+        # Never lower: of two concurrent scrapes, the later-numbered may have been read first.
+        if newest > self._acked:
+            self._acked = newest
+            os.pwrite(self._ack_fd, newest.to_bytes(_SEQ_BYTES, "big"), 0)
+
+    def _read_requests(self) -> int:
+        """The newest request number waiting in the FIFO (each is written whole)."""
         newest = 0
         with contextlib.suppress(BlockingIOError):
             while data := os.read(self._fd, 4096):
                 for start in range(0, len(data) - _SEQ_BYTES + 1, _SEQ_BYTES):
-                    seq = int.from_bytes(data[start:start + _SEQ_BYTES], "big")
-                    newest = max(newest, seq)
-        fold_counters()
-        if newest:
-            os.pwrite(self._ack_fd, newest.to_bytes(_SEQ_BYTES, "big"), 0)
+                    newest = max(newest, int.from_bytes(data[start:start + _SEQ_BYTES], "big"))
+        return newest
 
     def close(self) -> None:
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(self._fd)
         self._loop = None
-        for path in (self.fifo, self.ack):
+        for path in (self._pending, self.fifo, self.ack):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         for fd in (self._fd, self._ack_fd):

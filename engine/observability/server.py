@@ -2,9 +2,10 @@
 
 Sanic's main process runs no event loop while it supervises the workers (it blocks in the
 worker manager), so this is a small threaded ``http.server`` in a daemon thread. Each scrape
-builds a fresh registry that merges every worker's multiprocess files and reads the process
-tree from /proc (:func:`engine.observability.metrics.render`), so it works with any number of
-workers and never touches the workers' event loops.
+first asks every worker to fold its buffered counters into its multiprocess file (through a
+FIFO the worker's event loop reads: :func:`~engine.observability.metrics.fold_worker_counters`),
+then builds a fresh registry that merges every worker's files and reads the process tree from
+/proc (:func:`engine.observability.metrics.render`), so it works with any number of workers.
 """
 
 from __future__ import annotations

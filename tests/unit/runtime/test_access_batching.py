@@ -214,3 +214,35 @@ def test_workers_sharing_a_pipe_never_interleave_lines() -> None:
     for worker in {r["worker"] for r in records}:  # each worker's lines, all and in order
         ids = [int(r["trace_id"], 16) for r in records if r["worker"] == worker]
         assert ids == list(range(3000))
+
+
+def _in_forked_child(check) -> str:
+    """What ``check()`` returns in a forked child of this process."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running the parent's exit handlers
+        try:
+            os.write(write_end, check().encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        answer = pipe.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+def test_a_forked_child_neither_repeats_lines_nor_trace_ids(writes, access_buffer) -> None:
+    access_buffer._lines.extend([_line(1), _line(2)])  # pending in the parent when it forks
+    nexus_log.trace_id_from(None)  # the pool now holds the parent's next ids
+
+    def check() -> str:
+        return f"{len(nexus_log._ACCESS_BUFFER._lines)} " + " ".join(
+            nexus_log.trace_id_from(None) for _ in range(3))
+
+    pending, *childs_ids = _in_forked_child(check).split()
+    parents_next = [nexus_log.trace_id_from(None) for _ in range(3)]
+    assert pending == "0"
+    assert set(childs_ids).isdisjoint(parents_next) and len(childs_ids) == 3
+    access_buffer.flush()
+    assert writes == [_line(1) + _line(2)]  # the parent's lines, once

@@ -137,3 +137,24 @@ def test_a_dead_workers_fifo_is_dropped_without_waiting(tmp_path, monkeypatch) -
     assert list(directory.glob("fold-*")) == []
     metrics.prepare_multiprocess_dir(directory)  # a new run also starts without them
     assert list(directory.iterdir()) == []
+
+
+def test_a_forked_child_does_not_fold_its_parents_pending_counts() -> None:
+    counter = Counter("nexus_test_forked", "test", registry=None)
+    front = metrics.buffered(counter)
+    front.inc(5)  # pending in the parent when it forks
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and leave without running the parent's exit handlers
+        try:
+            front.inc(2)
+            metrics.fold_counters()
+            os.write(write_end, str(_stored(counter)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        childs = float(pipe.read().decode())
+    os.waitpid(pid, 0)
+    metrics.fold_counters()
+    assert (childs, _stored(counter)) == (2, 5)
