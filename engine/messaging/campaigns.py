@@ -13,6 +13,12 @@ refusal, durable queueing and the paced sender.
   so the rate holds even if a lock expires. The recipient's opt-out is checked again right
   before the send. Transient failures are retried with the delivery policy; a permanent one
   makes the message ``failed``. Receipts then move it to ``delivered`` / ``read`` / ``failed``.
+  The sender's loop (:class:`~engine.messaging.wakeup.QueueLoop`) runs when woken (a
+  submission in this process; another process's nudge on ``bg:campaigns``, sent when that
+  process's sender was busy), when the next message is due (an expired lease) and on a
+  safety poll every ``idle_interval`` seconds. A sender locked by another process is looked
+  at again after ``poll_interval`` seconds, less often while the lock stays taken (its holder
+  keeps sending; the others only matter if it dies).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from engine.channels.retry import RetryPolicy, send_with_retry
 from engine.config.model import Channel, Model, Tenant
 from engine.messaging import queue as q
 from engine.messaging.outbound import lease_seconds
+from engine.messaging.wakeup import IDLE_INTERVAL, QueueLoop, Wakeup, seconds_until
 from engine.store.errors import CacheError, StoreError
 from engine.store.messaging_tables import outbound_messages
 
@@ -237,6 +244,7 @@ class CampaignSender:
         *,
         env: Any = None,
         poll_interval: float = 0.25,
+        idle_interval: float = IDLE_INTERVAL,
         rng: Callable[[], float] = random.random,
         worker_id: str | None = None,
         on_sent: Callable[[q.OutboundRow], Any] | None = None,
@@ -247,14 +255,16 @@ class CampaignSender:
         self.registry = registry
         self.optouts = optouts
         self.env = env
-        self.poll_interval = poll_interval
         self.rng = rng
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.pacer = Pacer(cache)
         self.on_sent = on_sent
         self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
+        self.wakeup = Wakeup(cache, "campaigns")
+        self.loop = QueueLoop(
+            "campaign sender", self.wakeup, self.run_once, self.due_in,
+            poll_interval=poll_interval, idle_interval=idle_interval, logger=log,
+        )
 
     @property
     def model(self) -> Model:
@@ -262,39 +272,30 @@ class CampaignSender:
 
     def start(self) -> None:
         if self._task is None or self._task.done():
-            self._stopping.clear()
-            self._task = asyncio.create_task(self._run(), name=f"campaigns-{self.worker_id}")
+            self.loop.stopping.clear()
+            self.wakeup.start()
+            self._task = asyncio.create_task(self.loop.run(), name=f"campaigns-{self.worker_id}")
 
     def wake(self) -> None:
-        self._wake.set()
+        """Messages were queued: send them now (here, or in an idle process)."""
+        self.wakeup.notify()
 
     async def stop(self, timeout: float = 15.0) -> None:
-        self._stopping.set()
-        self._wake.set()
+        self.loop.stop()
         task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            busy = 0
+        if task is not None:
             try:
-                busy = await self.run_once()
-            except StoreError as exc:
-                log.warning("campaign sender: store error: %s", exc)
-            except Exception:  # noqa: BLE001 - survive any one round
-                log.exception("campaign sender round failed")
-            if busy and not self._stopping.is_set():
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self.wakeup.publish()  # claims it gave back: the others take them now
+        await self.wakeup.stop()
+
+    async def due_in(self) -> float | None:
+        """Seconds until the next campaign message is due (None: none waits)."""
+        return seconds_until(await q.next_due(self.store, q.CAMPAIGN), q.utcnow())
 
     async def due_senders(self, limit: int = 50) -> list[tuple[str, str]]:
         t = outbound_messages
@@ -347,7 +348,7 @@ class CampaignSender:
             )
             try:
                 for row in rows:  # in creation order
-                    if self._stopping.is_set():
+                    if self.loop.stopping.is_set():
                         break
                     await self._send(row, token, mps, policy)
             finally:

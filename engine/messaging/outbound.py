@@ -1,14 +1,25 @@
 """Agent replies in SMS/email conversations leave through the channel's provider, durably.
 
 **Feeder.** Every agent ``Text`` message of an ``sms``/``email`` conversation is stored by the
-conversation engine with ``status`` NULL. :meth:`OutboundService.feed` (every
-``feed_interval`` seconds in every process, plus a full scan at start) copies such messages
+conversation engine with ``status`` NULL. :meth:`OutboundService.feed` copies such messages
 into ``outbound_messages`` (``INSERT ... ON CONFLICT DO NOTHING`` on the message id) and marks
 them ``pending`` in the same transaction; the partial index ``ix_messages_outbound_unsent``
-keeps the scan small. A crash between the agent's message and the send loses nothing: the
-message stays NULL until a feeder took it, and a taken row stays in the queue until sent.
+keeps the scan small, and the scan's statement is rebuilt once a minute only (its window
+starts at a whole minute), so an empty scan costs one small query. Every process scans
+everything once at start; then the process holding the **feeder turn** (:class:`FeederTurn`,
+a Redis key with a TTL) scans every ``feed_interval`` seconds and the others only try to take
+the turn every ``idle_interval`` seconds (at once when its holder stops and hands it over on
+``bg:outbound-feeder``; within ``FEEDER_TURN + idle_interval`` seconds when it dies). Without
+Redis every process scans (the scan is idempotent). A crash between the agent's message and
+the send loses nothing: the message stays NULL until a feeder took it, and a taken row stays
+in the queue until sent. The feeder wakes the sender of its process (:mod:`.wakeup`; and the
+other processes' senders when this one is busy).
 
-**Sender.** Due rows are claimed with a lease (:mod:`.queue`) and sent with
+**Sender.** The sender's loop (:class:`~engine.messaging.wakeup.QueueLoop`) runs when woken
+(by the feeder, by another process's nudge on ``bg:outbound``), when the next row is due (a
+strategy retry's ``next_attempt_at``, an expired lease) and on a safety poll every
+``idle_interval`` seconds; never on a blind fast poll. Due rows are claimed with a lease
+(:mod:`.queue`) and sent with
 :func:`~engine.channels.retry.send_with_retry` (the Environment's ``delivery`` policy: 10 s
 timeout, exponential backoff with jitter, ``Retry-After`` honoured). Success -> ``sent``
 (conversation message ``sent``); a permanent failure (4xx, misconfiguration, or every attempt
@@ -40,6 +51,7 @@ import contextlib
 import json
 import logging
 import random
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -60,6 +72,7 @@ from engine.channels.registry import AdapterRegistry, provider_of_channel
 from engine.channels.retry import RetryPolicy, send_with_retry
 from engine.config.model import Model
 from engine.messaging import queue as q
+from engine.messaging.wakeup import IDLE_INTERVAL, QueueLoop, Wakeup, seconds_until
 from engine.routing.conversation_models import SegmentState
 from engine.routing.router import ASYNC_HOLD_QUEUE, UNDELIVERED_QUEUE
 from engine.routing.runner import (
@@ -73,7 +86,7 @@ from engine.routing.runner import (
 )
 from engine.routing.strategies import StrategyCatalog
 from engine.store.conversation_tables import conversations, messages
-from engine.store.errors import StoreError
+from engine.store.errors import CacheError, StoreError
 from engine.store.messaging_tables import OUTBOUND_UNSENT, outbound_messages
 
 log = logging.getLogger("nexus.messaging.outbound")
@@ -81,11 +94,81 @@ log = logging.getLogger("nexus.messaging.outbound")
 UNDELIVERED_STRATEGY = "undelivered"
 FEED_WINDOW = timedelta(hours=1)
 FEED_BATCH = 500
+#: the cache key of the feeder turn, and how long one turn lasts (seconds)
+FEEDER_KEY = "outbound:feeder"
+FEEDER_TURN = 3.0
 _RECEIPT_STATUS = {
     ReceiptStatus.DELIVERED: q.DELIVERED,
     ReceiptStatus.READ: q.READ,
     ReceiptStatus.FAILED: q.FAILED,
 }
+
+
+def feed_window_start(now: datetime) -> datetime:
+    """Where the feeder's regular scan starts: :data:`FEED_WINDOW` back, on a whole minute
+    (so the scan's statement changes once a minute)."""
+    return (now - FEED_WINDOW).replace(second=0, microsecond=0)
+
+
+def _feed_statement() -> sa.Select:
+    m, c = messages, conversations
+    return (
+        sa.select(
+            m.c.id, m.c.tenant, m.c.text, m.c.segment_id, m.c.conversation_id,
+            c.c.channel_id, c.c.customer_address, c.c.media, c.c.subject,
+        )
+        .select_from(m.join(c, c.c.id == m.c.conversation_id))
+        .where(sa.text(OUTBOUND_UNSENT.replace("status", "messages.status")
+                       .replace("from_type", "messages.from_type")),
+               m.c.type == "Text", c.c.media.in_(["sms", "email"]))
+        .order_by(m.c.timestamp)
+        .limit(FEED_BATCH)
+    )
+
+
+#: the feeder's full scan (at start); the regular scans add a window on ``timestamp``
+_FEED_ALL = _feed_statement()
+
+
+class FeederTurn:
+    """Whether this process is the one that scans for new replies often (see the module
+    docstring). A turn is taken with SET NX and lasts :data:`FEEDER_TURN` seconds; its
+    holder takes it again when it ends (another process may have taken it first: then that
+    one scans). Without a cache, or while Redis fails, every process has the turn."""
+
+    def __init__(self, cache: Any, owner: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.cache = cache
+        self.owner = owner
+        self.clock = clock
+        self._until = 0.0  # our turn lasts until then (this process's monotonic clock)
+
+    async def mine(self) -> bool:
+        now = self.clock()
+        if self.cache is None or now < self._until:
+            return True
+        try:
+            holder = await self.cache.claim(FEEDER_KEY, self.owner, FEEDER_TURN)
+        except CacheError:
+            return True  # no Redis: scan (idempotent) rather than leave replies waiting
+        if holder is None:
+            self._until = now + FEEDER_TURN
+            return True
+        # still ours in Redis (its TTL started after our clock did): ask again next scan
+        return holder == self.owner
+
+    async def hand_over(self) -> bool:
+        """Give the turn up (stopping); True when it was ours."""
+        if self.cache is None or self._until == 0.0:
+            return False
+        self._until = 0.0
+        try:
+            if await self.cache.get(FEEDER_KEY) != self.owner:
+                return False
+            await self.cache.delete(FEEDER_KEY)
+        except CacheError:
+            return False
+        return True
 
 
 class RetryNotPossible(LookupError):
@@ -136,8 +219,10 @@ class OutboundService:
         conversations: Callable[[], Any],
         router: Callable[[], Any],
         env: Any = None,
+        cache: Any = None,
         feed_interval: float = 0.25,
         poll_interval: float = 0.25,
+        idle_interval: float = IDLE_INTERVAL,
         batch_size: int = 20,
         rng: Callable[[], float] = random.random,
         worker_id: str | None = None,
@@ -149,7 +234,7 @@ class OutboundService:
         self._router = router
         self.env = env
         self.feed_interval = feed_interval
-        self.poll_interval = poll_interval
+        self.idle_interval = idle_interval
         self.batch_size = batch_size
         self.rng = rng
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
@@ -157,7 +242,14 @@ class OutboundService:
         self._runner_model: Model | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
+        self.wakeup = Wakeup(cache, "outbound")
+        self.feeder_turn = FeederTurn(cache, self.worker_id)
+        self.feeder_wakeup = Wakeup(cache, "outbound-feeder")  # a turn was handed over
+        self.loop = QueueLoop(
+            "outbound sender", self.wakeup, self.run_once, self.due_in,
+            poll_interval=poll_interval, idle_interval=idle_interval, logger=log,
+        )
+        self._feed_query: tuple[datetime | None, sa.Select] | None = None
         self._executors: dict[str, _Executor] = {}
 
     # -- config ----------------------------------------------------------------------------
@@ -205,19 +297,24 @@ class OutboundService:
         if self._tasks:
             return
         self._stopping.clear()
+        self.loop.stopping.clear()
+        self.wakeup.start()
+        self.feeder_wakeup.start()
         self._tasks = [
             asyncio.create_task(self._feed_loop(), name=f"outbound-feeder-{self.worker_id}"),
-            asyncio.create_task(self._send_loop(), name=f"outbound-sender-{self.worker_id}"),
+            asyncio.create_task(self.loop.run(), name=f"outbound-sender-{self.worker_id}"),
         ]
 
     def wake(self) -> None:
-        self._wake.set()
+        """Replies were queued: send them now (here, or in an idle process)."""
+        self.wakeup.notify()
 
     async def stop(self, timeout: float = 15.0) -> None:
         """Stop claiming; in-flight sends finish (their claims are released after
-        ``timeout``, so another process picks them up)."""
+        ``timeout``, and the other processes are nudged to pick them up)."""
         self._stopping.set()
-        self._wake.set()
+        self.feeder_wakeup.set()
+        self.loop.stop()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             try:
@@ -226,58 +323,51 @@ class OutboundService:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if tasks:
+            await self.wakeup.publish()
+            if await self.feeder_turn.hand_over():
+                await self.feeder_wakeup.publish()
+        await self.wakeup.stop()
+        await self.feeder_wakeup.stop()
 
     async def _feed_loop(self) -> None:
-        since: datetime | None = None  # the first scan is a full one (crash recovery)
+        full_scan = True  # the first scan takes everything (crash recovery)
         while not self._stopping.is_set():
+            scanning = True
             try:
-                taken = await self.feed(since)
-                since = q.utcnow() - FEED_WINDOW
-                if taken:
-                    self._wake.set()
-                    continue
+                scanning = full_scan or await self.feeder_turn.mine()
+                if scanning:
+                    taken = await self.feed(None if full_scan else feed_window_start(q.utcnow()))
+                    full_scan = False
+                    if taken:
+                        self.wakeup.notify()
+                        continue
             except StoreError as exc:
                 log.warning("outbound feeder: store error: %s", exc)
             except Exception:  # noqa: BLE001 - the feeder must survive any one round
                 log.exception("outbound feeder round failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.feed_interval)
-
-    async def _send_loop(self) -> None:
-        while not self._stopping.is_set():
-            busy = 0
-            try:
-                busy = await self.run_once()
-            except StoreError as exc:
-                log.warning("outbound sender: store error: %s", exc)
-            except Exception:  # noqa: BLE001 - the sender must survive any one round
-                log.exception("outbound sender round failed")
-            if busy and not self._stopping.is_set():
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            self.feeder_wakeup.clear()
+            if not self._stopping.is_set():  # (stop() sets it before it nudges)
+                await self.feeder_wakeup.wait(
+                    self.feed_interval if scanning else self.idle_interval
+                )
 
     # -- the feeder ------------------------------------------------------------------------
 
+    def feed_query(self, since: datetime | None) -> sa.Select:
+        """The feeder's scan from ``since`` (None: all), kept while ``since`` stays the same:
+        a statement built once costs no SQLAlchemy work per scan (its cache key is
+        memoised)."""
+        if self._feed_query is None or self._feed_query[0] != since:
+            query = _FEED_ALL if since is None else _FEED_ALL.where(
+                messages.c.timestamp >= since
+            )
+            self._feed_query = (since, query)
+        return self._feed_query[1]
+
     async def feed(self, since: datetime | None = None) -> int:
         """Queue agent messages of sms/email conversations not queued yet; returns how many."""
-        m, c = messages, conversations
-        query = (
-            sa.select(
-                m.c.id, m.c.tenant, m.c.text, m.c.segment_id, m.c.conversation_id,
-                c.c.channel_id, c.c.customer_address, c.c.media, c.c.subject,
-            )
-            .select_from(m.join(c, c.c.id == m.c.conversation_id))
-            .where(sa.text(OUTBOUND_UNSENT.replace("status", "messages.status")
-                           .replace("from_type", "messages.from_type")),
-                   m.c.type == "Text", c.c.media.in_(["sms", "email"]))
-            .order_by(m.c.timestamp)
-            .limit(FEED_BATCH)
-        )
-        if since is not None:
-            query = query.where(m.c.timestamp >= since)
-        rows = await self.store.fetch_all(query)
+        rows = await self.store.fetch_all(self.feed_query(since))
         if not rows:
             return 0
         model = self.model
@@ -311,6 +401,10 @@ class OutboundService:
         return len(values)
 
     # -- the sender ------------------------------------------------------------------------
+
+    async def due_in(self) -> float | None:
+        """Seconds until the next reply is due (None: none waits); the loop sleeps that long."""
+        return seconds_until(await q.next_due(self.store, q.REPLY), q.utcnow())
 
     async def run_once(self) -> int:
         """Claim due replies and send each (concurrently); returns how many were claimed."""
@@ -454,7 +548,7 @@ class OutboundService:
             await self._update(row, status=q.RETRYING, next_attempt_at=at,
                                reason=f"{q.RETRY_REASON}{deferred.attempt}")
             log.info("undelivered %s: retry %d at %s", row.id, deferred.attempt, at.isoformat())
-            self._wake.set()
+            self.wakeup.set()  # the loop learns the new due time
             return q.RETRYING
         status = executor.applied or (q.FAILED if outcome.error else q.TERMINATED)
         if status == q.FAILED:

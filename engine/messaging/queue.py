@@ -6,6 +6,9 @@ lease`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; under SQLite's write lock the
 ``<due>`` condition makes it a compare-and-set), and every result is written ``WHERE
 claim_token = <mine>``, so a worker whose lease expired cannot overwrite its successor. A row
 left ``sending`` by a crashed process is due again once its lease has passed.
+
+:func:`next_due` tells the senders' loops (:mod:`.wakeup`) when the next row of a kind becomes
+claimable, so that an idle loop sleeps until then instead of claiming blindly.
 """
 
 from __future__ import annotations
@@ -190,6 +193,24 @@ async def claim(
             sa.select(t).where(t.c.claim_token == token).order_by(t.c.created, t.c.id)
         )
     return token, [OutboundRow.from_row(r) for r in rows]
+
+
+def _next_due_statement(kind: str) -> sa.Select:
+    t = outbound_messages
+    return sa.select(
+        sa.func.min(sa.case((t.c.status == SENDING, t.c.claimed_until),
+                            else_=t.c.next_attempt_at))
+    ).where(t.c.kind == kind, t.c.status.in_([QUEUED, RETRYING, SENDING]))
+
+
+#: built once: the idle loops run them often, and a prebuilt statement costs no SQLAlchemy work
+_NEXT_DUE = {kind: _next_due_statement(kind) for kind in (REPLY, CAMPAIGN)}
+
+
+async def next_due(store: Store, kind: str) -> datetime | None:
+    """When the next row of ``kind`` becomes claimable (in the past: due now), or None when
+    none waits. Rows ``sending`` count from the end of their lease."""
+    return aware(await store.fetch_val(_NEXT_DUE[kind]))
 
 
 async def finish(store: Store, row_id: str, token: str, **values: Any) -> bool:

@@ -68,7 +68,7 @@ class MessagingRuntime:
         self.own_router: Any = None
         self.outbound = OutboundService(
             self.store, self.model, self.registry, conversations=self.conversations,
-            router=self.router, worker_id=self.worker_id,
+            router=self.router, worker_id=self.worker_id, cache=self.cache,
         )
         self.campaigns = CampaignService(self.store, self.model, self.optouts)
         self.sender = CampaignSender(self.store, self.cache, self.model, self.registry,
@@ -77,7 +77,8 @@ class MessagingRuntime:
             self.store, self.cache, self.model, self.registry, self.optouts, self.outbound,
             conversations=self.conversations, check_api_key=self.check_api_key,
         )
-        self.dispatcher = WebhookDispatcher(self.store, self.model, worker_id=self.worker_id)
+        self.dispatcher = WebhookDispatcher(self.store, self.model, worker_id=self.worker_id,
+                                            cache=self.cache)
 
     # -- lazy views of the app -----------------------------------------------------------
 

@@ -27,6 +27,11 @@ Safe with any number of engine processes on one database:
 * **restart**: nothing lives only in memory. Pending rows wait in the table; a stopped
   dispatcher finishes its in-flight requests, and rows it had claimed but could not finish
   are released to pending; a crashed one's rows are taken over when their claim expires.
+* **when it runs** (:class:`~engine.messaging.wakeup.QueueLoop`): when woken (an interaction
+  event of this process, a replay, another process's nudge on ``bg:webhooks`` sent when that
+  process's dispatcher was busy), when the next retry or expired claim is due
+  (:func:`~engine.webhooks.outbox.next_due`), and on a safety poll every ``idle_interval``
+  seconds, which also finds events another process wrote but could not announce.
 
 Request: ``POST <target url>`` with the stored payload bytes and ``Content-Type:
 application/json``, ``X-Hub-Signature: sha1=<HMAC-SHA1(body, target secret)>``,
@@ -55,6 +60,7 @@ from engine.channels.base import parse_retry_after
 from engine.channels.retry import RetryPolicy, compute_delay
 from engine.channels.signing import signature_headers
 from engine.config.model import Model, Secret
+from engine.messaging.wakeup import IDLE_INTERVAL, QueueLoop, Wakeup, seconds_until
 from engine.store.errors import StoreError
 from engine.store.webhook_tables import webhook_deliveries
 from engine.webhooks.outbox import (
@@ -63,6 +69,7 @@ from engine.webhooks.outbox import (
     DELIVERING,
     PENDING,
     WebhookDelivery,
+    next_due,
     pull_interaction_events,
     utcnow,
 )
@@ -100,10 +107,12 @@ class WebhookDispatcher:
         rng: Callable[[], float] = random.random,
         policy: RetryPolicy | None = None,
         batch_size: int = 20,
-        poll_interval: float = 1.0,
+        poll_interval: float = 0.25,
+        idle_interval: float = IDLE_INTERVAL,
         claim_seconds: float | None = None,
         pull_events: bool = True,
         worker_id: str | None = None,
+        cache: Any = None,
     ) -> None:
         self.store = store
         self._model = model
@@ -114,13 +123,15 @@ class WebhookDispatcher:
         self.rng = rng
         self._policy = policy
         self.batch_size = batch_size
-        self.poll_interval = poll_interval
         self._claim_seconds = claim_seconds
         self.pull_events = pull_events
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
-        self._wake = asyncio.Event()
+        self.wakeup = Wakeup(cache, "webhooks")
+        self.loop = QueueLoop(
+            "webhook dispatcher", self.wakeup, self._round, self.due_in,
+            poll_interval=poll_interval, idle_interval=idle_interval, logger=log,
+        )
 
     # -- configuration -------------------------------------------------------------------
 
@@ -147,18 +158,21 @@ class WebhookDispatcher:
     def start(self) -> None:
         if self.running:
             return
-        self._stopping.clear()
-        self._task = asyncio.create_task(self._run(), name=f"webhook-dispatcher-{self.worker_id}")
+        self.loop.stopping.clear()
+        self.wakeup.start()
+        self._task = asyncio.create_task(self.loop.run(),
+                                         name=f"webhook-dispatcher-{self.worker_id}")
 
     def wake(self) -> None:
-        """Poll now (e.g. right after :func:`enqueue`) instead of at the next interval."""
-        self._wake.set()
+        """Deliveries or events were queued (e.g. right after :func:`enqueue`): look now,
+        here or (when this dispatcher is busy) in an idle process."""
+        self.wakeup.notify()
 
     async def stop(self, *, timeout: float | None = None) -> None:
         """Stop claiming; let in-flight deliveries finish (cancelled after ``timeout``
-        seconds, their claims released to pending); close the HTTP client if it is ours."""
-        self._stopping.set()
-        self._wake.set()
+        seconds, their claims released to pending, the other processes nudged to take
+        them); close the HTTP client if it is ours."""
+        self.loop.stop()
         task, self._task = self._task, None
         if task is not None:
             try:
@@ -167,25 +181,23 @@ class WebhookDispatcher:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await self.wakeup.publish()
+        await self.wakeup.stop()
         if self._own_client:
             await self.client.aclose()
 
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            busy = 0
-            try:
-                if self.pull_events:
-                    busy += await pull_interaction_events(self.store, self.model, now=self.clock())
-                busy += len(await self.run_once())
-            except StoreError as exc:
-                log.warning("webhook dispatcher: store error: %s", exc)
-            except Exception:  # noqa: BLE001 - the worker must survive any one bad round
-                log.exception("webhook dispatcher round failed")
-            if busy and not self._stopping.is_set():
-                continue
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+    async def _round(self) -> int:
+        """One round of the loop: pull interaction events, then deliver due rows; returns
+        how many of both it took."""
+        taken = 0
+        if self.pull_events:
+            taken += await pull_interaction_events(self.store, self.model, now=self.clock())
+        return taken + len(await self.run_once())
+
+    async def due_in(self) -> float | None:
+        """Seconds until the dispatcher has work (None: none waits)."""
+        due = await next_due(self.store, events=self.pull_events)
+        return seconds_until(due, self.clock().astimezone(UTC))
 
     # -- one round -----------------------------------------------------------------------
 

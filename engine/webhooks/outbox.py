@@ -7,6 +7,8 @@
   rows (its own outbox) into deliveries and marks them ``delivered_at``; several processes
   may run it at once (``FOR UPDATE SKIP LOCKED`` on PostgreSQL, SQLite's write lock);
 * :func:`replay` puts a dead or delivered delivery back to pending with a new attempt counter;
+* :func:`next_due` tells the dispatcher's loop when there is work next (an event to pull, a
+  retry or an expired claim), so that an idle dispatcher sleeps until then;
 * :func:`get_delivery` / :func:`list_deliveries` read them (tenant-scoped).
 
 Payload (API.md, "Interaction webhooks")::
@@ -199,6 +201,43 @@ async def enqueue(
         for row in rows:
             await store.execute(sa.insert(webhook_deliveries).values(**row))
     return [row["id"] for row in rows]
+
+
+#: "due long ago": an interaction event waits to be pulled
+LONG_DUE = datetime.min.replace(tzinfo=UTC)
+_NEXT_DUE: dict[bool, sa.Select] = {}
+
+
+def _next_due_statement(events: bool) -> sa.Select:
+    from engine.store.conversation_tables import interaction_events as ie
+
+    t = webhook_deliveries
+    due = (
+        sa.select(sa.func.min(sa.case((t.c.status == DELIVERING, t.c.claimed_until),
+                                      else_=t.c.next_attempt_at)))
+        .where(t.c.status.in_([PENDING, DELIVERING]))
+        .scalar_subquery()
+        .label("due")
+    )
+    if not events:
+        return sa.select(due)
+    waiting = sa.exists().where(ie.c.delivered_at.is_(None)).label("events")
+    return sa.select(due, waiting)
+
+
+async def next_due(store: Store, *, events: bool = True) -> datetime | None:
+    """When the dispatcher has work next: :data:`LONG_DUE` when an interaction event waits to
+    be pulled (``events``), else the earliest pending retry or expired claim, else None.
+    One statement, built once (the idle dispatcher runs it on every safety poll)."""
+    statement = _NEXT_DUE.get(events)
+    if statement is None:
+        statement = _NEXT_DUE[events] = _next_due_statement(events)
+    row = await store.fetch_one(statement)
+    if row is None:
+        return None
+    if events and row["events"]:
+        return LONG_DUE
+    return aware(row["due"])
 
 
 def _tenant_of(model: Model, value: str) -> Tenant | None:
