@@ -18,11 +18,16 @@ Shared state, so any number of engine processes route together (key names in
   optimisation that keeps dispatch ordered: correctness comes from the atomic claims), offers
   waiting interactions. An offer is made only when the agent's capacity was reserved *and* the
   segment's ``queued -> offered`` update won, so an interaction is offered to exactly one agent
-  however many dispatchers run;
+  however many dispatchers run. A wake-up without a kick first asks Redis which tenants have
+  anything to do (two pipelined round trips for all tenants: a due offer or wake-up, the
+  dirty mark of a kick, waiting interactions while an agent of their queue is ready) and
+  dispatches only those; when none has, the next such wake-up comes ``IDLE_TICKS`` ticks
+  later, or sooner when an offer or wake-up falls due;
 * :meth:`Router.sweep` (at start and every ``sweep_interval``) rebuilds the Redis indexes from
   the database after a crash (queued segments missing from their line, offers without a
   deadline entry, stale load entries). One process per interval sweeps a tenant (the one
-  that takes its ``sweeper`` key), in pipelines of ``SWEEP_CHUNK`` segments.
+  that takes its ``sweeper`` key), in pipelines of ``SWEEP_CHUNK`` segments: it reads only
+  the columns it needs and restores each index of a chunk with one variadic command.
 
 Tenants are ccids; agents are config Users with the agent role (username, case-insensitive).
 """
@@ -39,6 +44,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
+
+import sqlalchemy as sa
 
 from engine.config.model import Model, User
 from engine.config.model import Queue as QueueConfig
@@ -59,6 +66,7 @@ from engine.routing.conversation_models import (
     Segment,
     SegmentState,
     from_epoch,
+    utc,
 )
 from engine.routing.conversation_repo import ConversationRepo, Draft, dumps
 from engine.routing.decider import (
@@ -103,6 +111,10 @@ KICK_DRAIN_WAIT = 0.0005
 SWEEP_CHUNK = 500
 #: the sweeper key lives this share of the sweep interval
 SWEEP_LEASE = 0.9
+#: with nothing to do in any tenant, the dispatcher's next idle look comes this many ticks
+#: later (kicks still wake it at once)
+IDLE_TICKS = 4
+MEDIA = ("chat", "sms", "email")
 
 EventCallback = Callable[[InteractionEvent], Awaitable[None] | None]
 
@@ -1112,54 +1124,46 @@ class Router:
 
     async def sweep(self, tenant: str) -> None:
         """Rebuild the Redis indexes from the store (after a crash or a Redis restart)."""
-        t = segments_table
         keys = self.keys(tenant)
-        open_segments = await self.repo.segments_where(
-            tenant, t.c.state.in_(["queued", "offered", "assigned", "held"])
-        )
+        rows = await self.store.fetch_all(_open_segments(tenant))
         expected: dict[tuple[str, str], set[str]] = {}
-
-        async def restore(client: Any, chunk: Sequence[Segment]) -> None:
-            async with client.pipeline(transaction=False) as pipe:
-                for seg in chunk:
-                    if seg.state is SegmentState.QUEUED:
-                        pipe.zadd(
-                            keys.waiting(seg.queue), {seg.id: seg.queued_at.timestamp()}, nx=True
-                        )
-                        pipe.sadd(keys.queues, seg.queue)
-                    elif seg.state is SegmentState.OFFERED and seg.offer_deadline is not None:
-                        pipe.zadd(keys.offers, {seg.id: seg.offer_deadline.timestamp()}, nx=True)
-                    elif seg.state is SegmentState.HELD and seg.wake_at is not None:
-                        pipe.zadd(keys.wakeups, {seg.id: seg.wake_at.timestamp()}, nx=True)
-                    owner = seg.offered_to if seg.state is SegmentState.OFFERED else seg.agent
-                    if owner and seg.state in (SegmentState.OFFERED, SegmentState.ASSIGNED):
-                        expected.setdefault((owner, str(seg.media)), set()).add(seg.id)
-                        pipe.sadd(keys.load(owner, str(seg.media)), seg.id)
-                await pipe.execute()
-
         # in chunks: requests served by this process run between them (one pipeline of
         # 20,000 async sessions held the event loop for seconds)
-        for start in range(0, len(open_segments), SWEEP_CHUNK):
-            chunk = open_segments[start : start + SWEEP_CHUNK]
-            await self.cache.call(lambda c, chunk=chunk: restore(c, chunk))
-        # stale load entries: removed when seen stale by two sweeps in a row (an in-flight
-        # claim is stale for a few milliseconds only)
-        users = {u.username.lower() for u in self.model.users_of(self.tenant_name(tenant))}
-        suspects: set[tuple[str, str, str, str]] = set()
-        for user in sorted(users):
-            for media in ("chat", "sms", "email"):
-                members = await self.cache.call(
-                    lambda c, u=user, m=media: c.smembers(keys.load(u, m))
-                )
-                for iid in set(members) - expected.get((user, media), set()):
-                    suspects.add((tenant, user, media, iid))
+        for start in range(0, len(rows), SWEEP_CHUNK):
+            plan = _Restore.of(rows[start : start + SWEEP_CHUNK])
+            for owner_media, ids in plan.loads.items():
+                expected.setdefault(owner_media, set()).update(ids)
+            await self.cache.call(lambda c, plan=plan: plan.write(c, keys))
+        await self._drop_stale_loads(tenant, expected)
+        await self.kick(tenant)
+
+    async def _drop_stale_loads(
+        self, tenant: str, expected: dict[tuple[str, str], set[str]]
+    ) -> None:
+        """Load entries no open segment explains are removed when seen stale by two sweeps
+        in a row (an in-flight claim is stale for a few milliseconds only)."""
+        keys = self.keys(tenant)
+        users = sorted({u.username.lower() for u in self.model.users_of(self.tenant_name(tenant))})
+        pairs = [(user, media) for user in users for media in MEDIA]
+
+        async def read(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for user, media in pairs:
+                    pipe.smembers(keys.load(user, media))
+                return await pipe.execute()
+
+        members = await self.cache.call(read) if pairs else []
+        suspects = {
+            (tenant, user, media, iid)
+            for (user, media), found in zip(pairs, members, strict=True)
+            for iid in set(found) - expected.get((user, media), set())
+        }
         confirmed = suspects & self._suspects
         self._suspects = (self._suspects - {s for s in self._suspects if s[0] == tenant}) | (
             suspects - confirmed
         )
         for _, user, media, iid in confirmed:
             await self.cache.call(lambda c, u=user, m=media, i=iid: c.srem(keys.load(u, m), i))
-        await self.kick(tenant)
 
     async def _take_sweep(self, tenant: str) -> bool:
         """Whether this process sweeps ``tenant`` this interval: one process does (they would
@@ -1174,39 +1178,118 @@ class Router:
         current pass once :meth:`stop` is called (never cancelled mid-transaction)."""
         sub = await self.cache.subscribe(KICK_CHANNEL)
         try:
+            timeout = self.tick
             while not self._stopping.is_set():
-                message = await sub.get(timeout=self.tick)
+                message = await sub.get(timeout=timeout)
                 if self._stopping.is_set():
                     break
                 try:
-                    if message is not None:
-                        # coalesce: every kick already waiting is served by this one pass
-                        tenants = {json.loads(message.data)["tenant"]}
-                        drain_until = time.monotonic() + KICK_DRAIN_SECONDS
-                        while time.monotonic() < drain_until:
-                            more = await sub.get(timeout=KICK_DRAIN_WAIT)
-                            if more is None:
-                                break
-                            tenants.add(json.loads(more.data)["tenant"])
-                    else:
-                        tenants = set(
-                            await self.cache.call(lambda c: c.smembers(self._tenants_key))
-                        )
-                    sweep = time.monotonic() - self._last_sweep >= self.sweep_interval
-                    if sweep:
-                        self._last_sweep = time.monotonic()
-                        tenants |= set(
-                            await self.cache.call(lambda c: c.smembers(self._tenants_key))
-                        )
-                    for tenant in sorted(tenants):
-                        if sweep and await self._take_sweep(tenant):
-                            await self.sweep(tenant)
-                        await self.dispatch(tenant)
+                    timeout = await self._pass(sub, message)
                 except (CacheError, StoreError, InvalidContactCenter) as exc:
                     log.warning("dispatch failed: %s", exc)
+                    timeout = self.tick
                     await asyncio.sleep(self.tick)
         finally:
             await sub.close()
+
+    async def _pass(self, sub: Any, message: Any) -> float:
+        """One pass of the dispatcher loop: the kicked tenants, or (no kick) the tenants
+        with something to do, plus every tenant when a sweep is due. Returns how long to
+        wait for a kick before the next idle pass."""
+        if message is not None:
+            tenants, timeout = await self._kicked(sub, message), self.tick
+        else:
+            tenants, timeout = await self._tenants_with_work()
+        sweep = time.monotonic() - self._last_sweep >= self.sweep_interval
+        if sweep:
+            self._last_sweep = time.monotonic()
+            tenants |= set(await self.cache.call(lambda c: c.smembers(self._tenants_key)))
+        for tenant in sorted(tenants):
+            if sweep and await self._take_sweep(tenant):
+                await self.sweep(tenant)
+            await self.dispatch(tenant)
+        until_sweep = self._last_sweep + self.sweep_interval - time.monotonic()
+        return max(0.0, min(timeout, until_sweep))
+
+    @staticmethod
+    async def _kicked(sub: Any, message: Any) -> set[str]:
+        """The tenant of ``message`` and of every kick already waiting: one pass serves
+        them all (coalescing)."""
+        tenants = {json.loads(message.data)["tenant"]}
+        drain_until = time.monotonic() + KICK_DRAIN_SECONDS
+        while time.monotonic() < drain_until:
+            more = await sub.get(timeout=KICK_DRAIN_WAIT)
+            if more is None:
+                break
+            tenants.add(json.loads(more.data)["tenant"])
+        return tenants
+
+    async def _tenants_with_work(self) -> tuple[set[str], float]:
+        """The tenants an idle pass must dispatch (dispatching the others would change
+        nothing), and how long to wait for a kick after the pass: a tick when some tenant
+        had work, else ``IDLE_TICKS`` ticks or until the next offer or wake-up falls due."""
+        tenants = sorted(await self.cache.call(lambda c: c.smembers(self._tenants_key)))
+        idle = self.tick * IDLE_TICKS
+        if not tenants:
+            return set(), idle
+        now = self.clock()
+        marks = await self.cache.call(lambda c: _read_marks(c, [self.keys(t) for t in tenants]))
+        busy: set[str] = set()
+        lines: list[tuple[str, str, list[str]]] = []
+        next_due = float("inf")
+        for tenant, (dirty, due, queues) in zip(tenants, marks, strict=True):
+            if dirty or due <= now:
+                busy.add(tenant)
+                continue
+            next_due = min(next_due, due)
+            lines += self._dispatchable_lines(tenant, queues)
+        busy |= await self._lines_with_ready_agents(lines)
+        if busy:
+            return busy, self.tick
+        return busy, max(0.0, min(idle, next_due - now))
+
+    def _dispatchable_lines(self, tenant: str, queues: Sequence[str]) -> list[
+        tuple[str, str, list[str]]
+    ]:
+        """(tenant, queue, agent names) of the queues a dispatch pass would offer from."""
+        out = []
+        for queue in sorted(queues):
+            try:
+                config = self.queue_config(tenant, queue)
+                agents = self.agents_of(tenant, queue)
+            except InvalidContactCenter:
+                return []  # not configured (any more): nothing to offer
+            if config is None or not config.enabled or not agents:
+                continue
+            if queue in (ASYNC_HOLD_QUEUE, UNDELIVERED_QUEUE):
+                continue
+            out.append((tenant, queue, [a.username.lower() for a in agents]))
+        return out
+
+    async def _lines_with_ready_agents(self, lines: list[tuple[str, str, list[str]]]) -> set[str]:
+        """The tenants of ``lines`` where interactions wait and one of the queue's agents is
+        ready (the dispatch pass then decides whether one has room: capacity freed by a
+        done or hold does not kick)."""
+        if not lines:
+            return set()
+
+        async def read(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for tenant, queue, agents in lines:
+                    keys = self.keys(tenant)
+                    pipe.zcard(keys.waiting(queue))
+                    for name in agents:
+                        pipe.get(keys.presence(name))
+                return await pipe.execute()
+
+        result = iter(await self.cache.call(read))
+        busy = set()
+        for tenant, _queue, agents in lines:
+            waiting = int(next(result))
+            ready = [next(result) == READY for _ in agents]
+            if waiting and any(ready):
+                busy.add(tenant)
+        return busy
 
     async def start(self) -> None:
         if self._task is None or self._task.done():
@@ -1226,3 +1309,79 @@ class Router:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def _open_segments(tenant: str) -> Any:
+    """What a sweep needs of the tenant's open segments: the owner (the agent offered to or
+    assigned) and the due time of its index entry (queued: enqueue time; offered: offer
+    deadline; held: wake-up)."""
+    t = segments_table
+    owner = sa.case((t.c.state == "offered", t.c.offered_to), else_=t.c.agent)
+    at = sa.case(
+        (t.c.state == "queued", t.c.queued_at),
+        (t.c.state == "offered", t.c.offer_deadline),
+        else_=t.c.wake_at,
+    )
+    return sa.select(
+        t.c.id, t.c.state, t.c.queue, t.c.media, owner.label("owner"), at.label("at")
+    ).where(t.c.tenant == tenant, t.c.state.in_(["queued", "offered", "assigned", "held"]))
+
+
+class _Restore:
+    """The index entries of a chunk of open segments, grouped per Redis key."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, dict[str, float]] = {}  # queue -> {id: enqueue time}
+        self.offers: dict[str, float] = {}
+        self.wakeups: dict[str, float] = {}
+        self.loads: dict[tuple[str, str], set[str]] = {}  # (agent, media) -> ids
+
+    @classmethod
+    def of(cls, rows: Sequence[Any]) -> _Restore:
+        plan = cls()
+        for row in rows:
+            state, iid, at = row["state"], row["id"], utc(row["at"])
+            if state == "queued" and at is not None:
+                plan.waiting.setdefault(row["queue"], {})[iid] = at.timestamp()
+            elif state == "offered" and at is not None:
+                plan.offers[iid] = at.timestamp()
+            elif state == "held" and at is not None:
+                plan.wakeups[iid] = at.timestamp()
+            if row["owner"] and state in ("offered", "assigned"):
+                key = (str(row["owner"]).lower(), str(row["media"]))
+                plan.loads.setdefault(key, set()).add(iid)
+        return plan
+
+    async def write(self, client: Any, keys: RouterKeys) -> None:
+        """Add what is missing (NX: entries already there keep their scores)."""
+        async with client.pipeline(transaction=False) as pipe:
+            for queue, members in self.waiting.items():
+                pipe.zadd(keys.waiting(queue), members, nx=True)
+            if self.waiting:
+                pipe.sadd(keys.queues, *self.waiting)
+            if self.offers:
+                pipe.zadd(keys.offers, self.offers, nx=True)
+            if self.wakeups:
+                pipe.zadd(keys.wakeups, self.wakeups, nx=True)
+            for (agent, media), ids in self.loads.items():
+                pipe.sadd(keys.load(agent, media), *ids)
+            await pipe.execute()
+
+
+async def _read_marks(client: Any, tenants: Sequence[RouterKeys]) -> list[
+    tuple[bool, float, list[str]]
+]:
+    """Per tenant: (dirty mark set, earliest offer deadline or wake-up, queue names)."""
+    async with client.pipeline(transaction=False) as pipe:
+        for keys in tenants:
+            pipe.exists(keys.dirty)
+            pipe.zrange(keys.offers, 0, 0, withscores=True)
+            pipe.zrange(keys.wakeups, 0, 0, withscores=True)
+            pipe.smembers(keys.queues)
+        result = await pipe.execute()
+    out = []
+    for i in range(len(tenants)):
+        dirty, offers, wakeups, queues = result[4 * i : 4 * i + 4]
+        due = min((float(score) for _, score in (*offers, *wakeups)), default=float("inf"))
+        out.append((bool(dirty), due, list(queues)))
+    return out
