@@ -219,7 +219,7 @@ def _freeze_startup_heap(app: Sanic) -> None:
             return
         gc.collect()
         gc.freeze()
-        log.debug("start-up heap frozen: %d objects", gc.get_freeze_count())
+        log.info("start-up heap frozen: %d objects", gc.get_freeze_count())
 
 
 # ---------------------------------------------------------------------- middleware
