@@ -43,6 +43,8 @@ EVENTS = ("STARTED", "FINISHED")
 PENDING, DELIVERING, DELIVERED, DEAD = "pending", "delivering", "delivered", "dead"
 STATUSES = (PENDING, DELIVERING, DELIVERED, DEAD)
 REPLAYABLE = (DEAD, DELIVERED)
+#: delivery rows per INSERT statement (well within the drivers' bound-parameter limits)
+INSERT_CHUNK = 500
 
 
 def utcnow() -> datetime:
@@ -161,25 +163,17 @@ def _dumps(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-async def enqueue(
-    store: Store,
-    tenant: Tenant,
-    event: InteractionEvent,
-    *,
-    nexus_url: str = "",
-    now: datetime | None = None,
-) -> list[str]:
-    """Store one delivery per webhook target of ``tenant``; returns their ids (none when the
-    tenant has no target). Runs in the caller's transaction when one is open (a savepoint),
-    else in its own."""
+def _delivery_rows(
+    tenant: Tenant, event: InteractionEvent, nexus_url: str, when: datetime
+) -> list[dict[str, Any]]:
+    """One pending delivery row per webhook target of ``tenant``."""
     if event.event not in EVENTS:
         raise ValueError(f"event must be one of {EVENTS}, not {event.event!r}")
     targets = sorted(s.name for s in tenant.webhook_targets)
     if not targets:
         return []
-    when = (now or utcnow()).astimezone(UTC)
     body = _dumps(event.payload(nexus_url))
-    rows = [
+    return [
         {
             "id": str(uuid.uuid4()),
             "tenant": tenant.ccid,
@@ -197,9 +191,24 @@ async def enqueue(
         }
         for target in targets
     ]
+
+
+async def enqueue(
+    store: Store,
+    tenant: Tenant,
+    event: InteractionEvent,
+    *,
+    nexus_url: str = "",
+    now: datetime | None = None,
+) -> list[str]:
+    """Store one delivery per webhook target of ``tenant``; returns their ids (none when the
+    tenant has no target). Runs in the caller's transaction when one is open (a savepoint),
+    else in its own."""
+    rows = _delivery_rows(tenant, event, nexus_url, (now or utcnow()).astimezone(UTC))
+    if not rows:
+        return []
     async with store.transaction():
-        for row in rows:
-            await store.execute(sa.insert(webhook_deliveries).values(**row))
+        await store.execute(sa.insert(webhook_deliveries).values(rows))
     return [row["id"] for row in rows]
 
 
@@ -249,7 +258,8 @@ async def pull_interaction_events(
 ) -> int:
     """Move up to ``limit`` undelivered ``interaction_events`` rows (the conversation
     engine's outbox, table from migration v0002) into webhook deliveries, atomically with
-    marking them ``delivered_at``. Returns the number of events taken."""
+    marking them ``delivered_at``. Returns the number of events taken. Their deliveries are
+    written with one multi-row INSERT (no savepoint per event)."""
     from engine.store.conversation_tables import interaction_events as ie
 
     when = (now or utcnow()).astimezone(UTC)
@@ -261,6 +271,7 @@ async def pull_interaction_events(
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
+        deliveries: list[dict[str, Any]] = []
         for row in rows:
             tenant = _tenant_of(model, row["tenant"])
             name = str(row["event"]).upper()
@@ -271,8 +282,7 @@ async def pull_interaction_events(
                 )
                 continue
             media = "email" if str(row["media"]).lower() == "email" else "chat"
-            await enqueue(
-                store,
+            deliveries += _delivery_rows(
                 tenant,
                 InteractionEvent(
                     event=name,
@@ -281,9 +291,12 @@ async def pull_interaction_events(
                     interaction_subtype=row["subtype"],
                     source_event_id=int(row["id"]),
                 ),
-                nexus_url=model.environment.nexus_url,
-                now=when,
+                model.environment.nexus_url,
+                when,
             )
+        for start in range(0, len(deliveries), INSERT_CHUNK):
+            chunk = deliveries[start : start + INSERT_CHUNK]
+            await store.execute(sa.insert(webhook_deliveries).values(chunk))
         if rows:
             await store.execute(
                 sa.update(ie)

@@ -106,3 +106,21 @@ async def test_a_busy_dispatcher_nudges_an_idle_one(
             await idle.stop()
             await busy.stop()
             await other_cache.close()
+
+
+async def test_pulled_events_are_written_in_chunks(store: Store, monkeypatch) -> None:
+    from engine.webhooks import outbox
+    from engine.webhooks.outbox import pull_interaction_events
+    from tests.integration.webhooks.test_outbox import rows
+
+    monkeypatch.setattr(outbox, "INSERT_CHUNK", 3)
+    model = model_for(FakeProvider(), names=("a", "b"))
+    for n in range(5):
+        await store.execute(sa.insert(interaction_events).values(
+            tenant=CCID, event="STARTED", interaction_id=f"ixn-{n}", conversation_id="conv",
+            media="sms", subtype="SMS", created=T0))
+    assert await pull_interaction_events(store, model, now=T0) == 5
+    found = await rows(store)
+    assert sorted((r["interaction_id"], r["target"]) for r in found) == sorted(
+        (f"ixn-{n}", f"WebhookTransportTarget-{t}") for n in range(5) for t in ("a", "b"))
+    assert len({r["source_event_id"] for r in found}) == 5
