@@ -1194,20 +1194,21 @@ class Router:
 
     async def _pass(self, sub: Any, message: Any) -> float:
         """One pass of the dispatcher loop: the kicked tenants, or (no kick) the tenants
-        with something to do, plus every tenant when a sweep is due. Returns how long to
-        wait for a kick before the next idle pass."""
+        with something to do; then, when a sweep is due, every tenant (swept by the process
+        that takes its sweeper key, then dispatched). Returns how long to wait for a kick
+        before the next idle pass."""
         if message is not None:
             tenants, timeout = await self._kicked(sub, message), self.tick
         else:
             tenants, timeout = await self._tenants_with_work()
-        sweep = time.monotonic() - self._last_sweep >= self.sweep_interval
-        if sweep:
-            self._last_sweep = time.monotonic()
-            tenants |= set(await self.cache.call(lambda c: c.smembers(self._tenants_key)))
         for tenant in sorted(tenants):
-            if sweep and await self._take_sweep(tenant):
-                await self.sweep(tenant)
             await self.dispatch(tenant)
+        if time.monotonic() - self._last_sweep >= self.sweep_interval:
+            self._last_sweep = time.monotonic()
+            for tenant in sorted(await self.cache.call(lambda c: c.smembers(self._tenants_key))):
+                if await self._take_sweep(tenant):
+                    await self.sweep(tenant)
+                await self.dispatch(tenant)
         until_sweep = self._last_sweep + self.sweep_interval - time.monotonic()
         return max(0.0, min(timeout, until_sweep))
 
