@@ -19,10 +19,10 @@ Shared state, so any number of engine processes route together (key names in
   waiting interactions. An offer is made only when the agent's capacity was reserved *and* the
   segment's ``queued -> offered`` update won, so an interaction is offered to exactly one agent
   however many dispatchers run. A wake-up without a kick first asks Redis which tenants have
-  anything to do (two pipelined round trips for all tenants: a due offer or wake-up, the
-  dirty mark of a kick, waiting interactions while an agent of their queue is ready) and
-  dispatches only those; when none has, the next such wake-up comes ``IDLE_TICKS`` ticks
-  later, or sooner when an offer or wake-up falls due;
+  anything to do (at most three pipelined round trips for all tenants: a due offer or
+  wake-up, the dirty mark of a kick, waiting interactions while an agent of their queue is
+  ready) and dispatches only those; when none has, the next such wake-up comes
+  ``IDLE_TICKS`` ticks later, or sooner when an offer or wake-up falls due;
 * :meth:`Router.sweep` (at start and every ``sweep_interval``) rebuilds the Redis indexes from
   the database after a crash (queued segments missing from their line, offers without a
   deadline entry, stale load entries). One process per interval sweeps a tenant (the one
@@ -1270,27 +1270,33 @@ class Router:
     async def _lines_with_ready_agents(self, lines: list[tuple[str, str, list[str]]]) -> set[str]:
         """The tenants of ``lines`` where interactions wait and one of the queue's agents is
         ready (the dispatch pass then decides whether one has room: capacity freed by a
-        done or hold does not kick)."""
+        done or hold does not kick). The presence of an agent is read once, and only for
+        lines that are not empty."""
         if not lines:
             return set()
 
-        async def read(client: Any) -> list[Any]:
+        async def sizes(client: Any) -> list[Any]:
             async with client.pipeline(transaction=False) as pipe:
-                for tenant, queue, agents in lines:
-                    keys = self.keys(tenant)
-                    pipe.zcard(keys.waiting(queue))
-                    for name in agents:
-                        pipe.get(keys.presence(name))
+                for tenant, queue, _agents in lines:
+                    pipe.zcard(self.keys(tenant).waiting(queue))
                 return await pipe.execute()
 
-        result = iter(await self.cache.call(read))
-        busy = set()
-        for tenant, _queue, agents in lines:
-            waiting = int(next(result))
-            ready = [next(result) == READY for _ in agents]
-            if waiting and any(ready):
-                busy.add(tenant)
-        return busy
+        waiting = [line for line, size in zip(lines, await self.cache.call(sizes), strict=True)
+                   if int(size)]
+        agents = sorted({(tenant, name) for tenant, _queue, names in waiting for name in names})
+        if not agents:
+            return set()
+
+        async def presence(client: Any) -> list[Any]:
+            async with client.pipeline(transaction=False) as pipe:
+                for tenant, name in agents:
+                    pipe.get(self.keys(tenant).presence(name))
+                return await pipe.execute()
+
+        ready = {agent for agent, state in zip(agents, await self.cache.call(presence),
+                                               strict=True) if state == READY}
+        return {tenant for tenant, _queue, names in waiting
+                if any((tenant, name) in ready for name in names)}
 
     async def start(self) -> None:
         if self._task is None or self._task.done():
