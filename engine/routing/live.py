@@ -134,9 +134,7 @@ class LiveBus:
         ``sets`` (``(key, value, ttl seconds)``, keys unprefixed). Never raises."""
         if not items and not sets:
             return
-        if self.cache.sharded_pubsub or self.cache.settings.kind == "cluster" or (
-            len(items) == 1 and not sets
-        ):
+        if self.cache.sharded_pubsub or self.cache.settings.kind == "cluster":
             for channel, payload in items:
                 await self.publish(channel, payload)
             for key, value, ttl in sets:
