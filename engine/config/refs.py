@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,27 @@ def check_syntax(ref: Ref) -> list[str]:
     return problems
 
 
+#: how long a secret file's content is reused: request paths (signature checks, webhook
+#: signing) resolve secrets per call, and a file read is blocking I/O on the event loop; a
+#: rotated file (a Kubernetes secret volume) is picked up within this many seconds
+SECRET_FILE_TTL = 1.0
+_secret_files: dict[Path, tuple[float, str]] = {}
+_clock = time.monotonic
+
+
+def _read_secret_file(path: Path) -> str:
+    now = _clock()
+    cached = _secret_files.get(path)
+    if cached is not None and cached[0] > now:
+        return cached[1]
+    # Secret files conventionally end with a newline that is not part of the value.
+    text = path.read_text(encoding="utf-8").rstrip("\r\n")
+    if len(_secret_files) > 1024:  # paths come from config: only a reload adds new ones
+        _secret_files.clear()
+    _secret_files[path] = (now + SECRET_FILE_TTL, text)
+    return text
+
+
 def resolve(ref: str, env: Mapping[str, str] | None = None) -> str:
     """Return the value with every reference substituted. Raises RefError."""
     if not isinstance(ref, Ref):
@@ -117,8 +139,7 @@ def resolve(ref: str, env: Mapping[str, str] | None = None) -> str:
             if not path.is_absolute():
                 path = Path(ref.base_dir) / path
             try:
-                # Secret files conventionally end with a newline that is not part of the value.
-                out.append(path.read_text(encoding="utf-8").rstrip("\r\n"))
+                out.append(_read_secret_file(path))
             except OSError as exc:
                 raise RefError(
                     f"secret file '{part.target}' cannot be read ({exc.strerror or exc})",

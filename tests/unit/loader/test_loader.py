@@ -169,3 +169,24 @@ def test_huge_file_is_refused(tmp_path: Path, monkeypatch):
 def test_dotted_paths():
     assert dotted(("spec", "sections", "chat.X", "cxcOnly")) == "spec.sections.chat.X.cxcOnly"
     assert dotted(("spec", "apikeys", 0, "name")) == "spec.apikeys[0].name"
+
+
+def test_secret_files_are_reread_once_their_ttl_passed(tmp_path: Path, monkeypatch):
+    from engine.config import refs
+
+    now = [1000.0]
+    monkeypatch.setattr(refs, "_clock", lambda: now[0])
+    monkeypatch.setattr(refs, "_secret_files", {})
+    (tmp_path / "secret.txt").write_text("first\n")
+    (tmp_path / "c.yaml").write_text("a: ${file:secret.txt}\n")
+    ref = load_file(tmp_path / "c.yaml").documents[0].data["a"]
+    assert resolve(ref, {}) == "first"
+    (tmp_path / "secret.txt").write_text("rotated\n")
+    assert resolve(ref, {}) == "first"  # read at most once per TTL (no file I/O per call)
+    now[0] += refs.SECRET_FILE_TTL
+    assert resolve(ref, {}) == "rotated"
+    (tmp_path / "secret.txt").unlink()
+    now[0] += refs.SECRET_FILE_TTL
+    with pytest.raises(RefError) as info:  # a file gone is an error again, not a stale value
+        resolve(ref, {})
+    assert info.value.unset
