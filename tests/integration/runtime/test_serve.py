@@ -133,11 +133,14 @@ def test_banner_and_generated_secret(engine: Engine) -> None:
     assert "/health/detail" in err and "/metrics" in err and "curl --user nexus_client:" in err
     secret = (Path(engine.config.parent) / "var" / "secret").read_text().strip()
     assert len(secret) >= 64 and secret not in engine.logs()
-    # each worker froze what start-up built (full collections no longer scan it)
-    frozen = [json.loads(line) for line in engine.stdout.read_text().splitlines()
-              if "start-up heap frozen" in line]
-    assert len({line["pid"] for line in frozen}) == 2
-    assert all(int(line["msg"].split()[3]) > 10_000 for line in frozen)
+    # each worker froze what start-up built (full collections no longer scan it); a worker
+    # may still be starting when the first one answers
+    def frozen() -> list[dict]:
+        return [json.loads(line) for line in engine.stdout.read_text().splitlines()
+                if "start-up heap frozen" in line]
+
+    _wait(lambda: len({line["pid"] for line in frozen()}) == 2, engine, "both workers' freeze")
+    assert all(int(line["msg"].split()[3]) > 10_000 for line in frozen())
 
 
 def test_guide_token_flow_and_health(engine: Engine) -> None:
