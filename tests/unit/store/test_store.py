@@ -100,7 +100,9 @@ def test_metric_definitions() -> None:
     for name, kind in expected.items():
         assert names.get(name) == kind, name
     children = m.DbMetrics("unit-children")
-    assert children.success["select"] is m.DB_SUCCESS.labels(db="unit-children", command="select")
+    assert children.success["select"].target is m.DB_SUCCESS.labels(
+        db="unit-children", command="select"
+    )
 
 
 def test_command_and_error_code_helpers() -> None:
