@@ -539,8 +539,13 @@ def load_text(text: str, file: str, base_dir: str = ".") -> LoadResult:
         mark = exc.problem_mark or exc.context_mark
         where = _mark(file, mark) if mark is not None else Mark(file, 1, 1)
         problem = exc.problem or "invalid YAML"
-        context = f" ({exc.context})" if exc.context else ""
-        findings.error(where, "NX003", f"YAML syntax error: {problem}{context}")
+        if problem.startswith("exceeded maximum nesting depth"):
+            # PyYAML >= 6.0.3 stops its scanner at depth 1,000, before our builder sees the
+            # events: the same finding as our own depth limit, not a syntax error.
+            findings.error(where, "NX005", f"nesting deeper than {MAX_DEPTH} levels: {problem}")
+        else:
+            context = f" ({exc.context})" if exc.context else ""
+            findings.error(where, "NX003", f"YAML syntax error: {problem}{context}")
         result.unusable = True
     except yaml.reader.ReaderError as exc:
         findings.error(
