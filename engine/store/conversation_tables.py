@@ -95,7 +95,8 @@ conversations = sa.Table(
     # the group commit publishes a message on the conversation's channel only before then
     _ts("streamed_until", nullable=True, default_now=False),
     sa.Index("ix_conversations_contact", "tenant", "contact_id"),
-    sa.Index("ix_conversations_tenant_state", "tenant", "state"),
+    # no (tenant, state) index: nothing lists a tenant's conversations by state, and it lured
+    # the planner away from ux_conversations_open_address (migration v0007)
 )
 sa.Index(
     "ux_conversations_open_address",
