@@ -94,9 +94,9 @@ conversations = sa.Table(
     # until when a live stream (a customer's or a bot's WebSocket) reads the conversation:
     # the group commit publishes a message on the conversation's channel only before then
     _ts("streamed_until", nullable=True, default_now=False),
-    sa.Index("ix_conversations_contact", "tenant", "contact_id"),
-    # no (tenant, state) index: nothing lists a tenant's conversations by state, and it lured
+    # contact first, and no (tenant, state) index: an index that begins with the tenant lures
     # the planner away from ux_conversations_open_address (migration v0007)
+    sa.Index("ix_conversations_contact", "contact_id", "tenant"),
 )
 sa.Index(
     "ux_conversations_open_address",
