@@ -62,6 +62,10 @@ async def test_lookup_by_address_reads_one_conversation_per_message(pg_database:
     await store.disconnect()
     conn = await asyncpg.connect(pg_database)
     try:
+        # one plan per connection (v0007): small batches would otherwise be planned each call
+        config = await conn.fetchval(
+            "SELECT proconfig FROM pg_proc WHERE proname = 'nexus_append_messages'")
+        assert set(config) == {"enable_seqscan=off", "plan_cache_mode=force_generic_plan"}
         await _open_conversations(conn, 0, 2)
         # more calls than the plan cache's five custom plans: the generic plan is cached now
         for call in range(8):
