@@ -43,6 +43,7 @@ from engine.store.conversation_tables import (
     segments,
 )
 from engine.store.db import Store
+from engine.store.planning import by_key_only
 
 T = TypeVar("T")
 
@@ -91,6 +92,9 @@ class Draft:
         )
 
 
+# 'open' written into the SQL, not bound: a prepared statement's generic plan can use the
+# partial index ux_conversations_open_address (state = 'open') only when the query says so
+_OPEN = sa.literal_column("'open'")
 _OPEN_STATES_SQL = ", ".join(f"'{state}'" for state in OPEN_SEGMENT_STATES)
 
 #: PostgreSQL: read the open segment of a conversation and insert one message into it, in one
@@ -193,7 +197,7 @@ class ConversationRepo:
                 conversations.c.tenant == tenant,
                 conversations.c.channel_id == channel_id,
                 conversations.c.customer_address == address,
-                conversations.c.state == "open",
+                conversations.c.state == _OPEN,
             )
         )
         return None if row is None else Conversation.from_row(row)
@@ -210,7 +214,7 @@ class ConversationRepo:
                 conversations.c.tenant == tenant,
                 conversations.c.channel_id == channel_id,
                 conversations.c.customer_address == address,
-                conversations.c.state == "open",
+                conversations.c.state == _OPEN,
             )
             .limit(1)
             .scalar_subquery()
@@ -539,16 +543,18 @@ class ConversationRepo:
         """Conditional update: applies ``values`` only when the segment is in one of
         ``expect_states`` (and the columns in ``expect`` have those values). Returns the
         updated segment, or None when the condition did not hold (someone else won)."""
-        conditions = [
-            segments.c.id == segment_id,
+        checks = [
             segments.c.tenant == tenant,
             segments.c.state.in_([str(s) for s in expect_states]),
         ]
         for column, value in expect.items():
             col = segments.c[column]
-            conditions.append(col.is_(None) if value is None else col == value)
+            checks.append(col.is_(None) if value is None else col == value)
         row = await self.store.fetch_one(
-            sa.update(segments).where(*conditions).values(**values).returning(*segments.c)
+            sa.update(segments)
+            .where(segments.c.id == segment_id, by_key_only(*checks))
+            .values(**values)
+            .returning(*segments.c)
         )
         return None if row is None else Segment.from_row(row)
 

@@ -1,5 +1,4 @@
-"""The group commit's function reads a handful of conversation rows per message, whatever
-plan its connection cached.
+"""Lookups read a handful of rows, whatever plan their connection cached.
 
 PL/pgSQL caches a generic plan per connection after a few calls. With autovacuum off (or
 before its first ANALYZE) the planner has no statistics, and a plan cached while the table
@@ -7,7 +6,8 @@ was small stays for the life of the connection. Migration v0007 dropped the
 (tenant, state) index that such a plan used for the lookup by address: it read every open
 conversation of the tenant per message. This test builds exactly that situation (plans
 cached on a near-empty table, then many open conversations) and counts, inside the call's
-own transaction, the conversation rows PostgreSQL fetched.
+own transaction, the conversation rows PostgreSQL fetched. The same for the general path's
+lookups by address and conditional segment updates (engine/store/planning.py).
 """
 
 from __future__ import annotations
@@ -18,16 +18,19 @@ from datetime import UTC, datetime
 import asyncpg
 
 from engine.routing.append_batcher import _APPEND_MESSAGES
+from engine.routing.conversation_models import SegmentState
+from engine.routing.conversation_repo import ConversationRepo
 from engine.store.db import Store
 
 TENANT = "578ec98e-f07c-46ad-9675-f36c22f3ba9f"
 CHANNEL = "16504661149"
 OPEN = 400
 BATCH = 20
+TABLES = ("conversations", "segments")
 
 _FETCHED = (
     "SELECT coalesce(sum(idx_tup_fetch), 0) + coalesce(sum(seq_tup_read), 0) "
-    "FROM pg_stat_xact_user_tables WHERE relname = 'conversations'"
+    "FROM pg_stat_xact_user_tables WHERE relname = $1"
 )
 
 
@@ -73,11 +76,48 @@ async def test_lookup_by_address_reads_one_conversation_per_message(pg_database:
         await _open_conversations(conn, 2, OPEN)
         addresses = [f"+1650{i:07d}" for i in range(2, 2 + OPEN, OPEN // BATCH)]
         async with conn.transaction():
-            before = await conn.fetchval(_FETCHED)
+            before = await conn.fetchval(_FETCHED, "conversations")
             assert await _append(conn, addresses, "large") == BATCH
-            fetched = await conn.fetchval(_FETCHED) - before
+            fetched = await conn.fetchval(_FETCHED, "conversations") - before
     finally:
         await conn.close()
     # per message: the lookup by address, the lock, the update and the foreign key check
     # (and a few heap versions); a scan of the tenant's open conversations is ~OPEN each
     assert fetched <= 8 * BATCH, f"{fetched} conversation rows read for {BATCH} messages"
+
+
+async def test_general_path_lookups_read_one_row(pg_database: str) -> None:
+    # one pooled connection: every call below runs on it, so its prepared statements keep
+    # the generic plans made while the tables held two rows
+    store = Store(pg_database, min_size=1, max_size=1)
+    await store.connect()
+    repo = ConversationRepo(store, lambda: 1_900_000_000.0)
+    try:
+        async with store.raw_connection() as conn:
+            await _open_conversations(conn, 0, 2)
+            segment_ids = await conn.fetch("SELECT id FROM segments")
+
+        async def calls(address: str, segment_id: str) -> None:
+            await repo.inbound_lookup(TENANT, CHANNEL, address, f"pm-{address}")
+            await repo.open_conversation_by_address(TENANT, CHANNEL, address)
+            # queued -> queued: a conditional update that leaves the row as it was
+            await repo.transition(TENANT, segment_id, expect_states=[SegmentState.QUEUED],
+                                  values={"attempt": 0})
+
+        for call in range(8):
+            await calls(f"+1650{call % 2:07d}", segment_ids[call % 2]["id"])
+        async with store.raw_connection() as conn:
+            await _open_conversations(conn, 2, OPEN)
+            last = await conn.fetchval(
+                "SELECT s.id FROM segments s JOIN conversations c ON c.id = s.conversation_id "
+                "WHERE c.customer_address = $1", f"+1650{OPEN:07d}")
+        fetched = _FETCHED.replace("$1", ":table")
+        async with store.transaction():  # the repo's calls and the counters on one connection
+            before = {t: await store.fetch_val(fetched, {"table": t}) for t in TABLES}
+            await calls(f"+1650{OPEN:07d}", last)
+            after = {t: await store.fetch_val(fetched, {"table": t}) for t in TABLES}
+    finally:
+        await store.disconnect()
+    read = {t: after[t] - before[t] for t in before}
+    # a scan of the tenant's open rows would read about OPEN of each
+    assert read["conversations"] <= 4 and read["segments"] <= 4, read
