@@ -16,7 +16,7 @@ one row from each, so it may pick them. PL/pgSQL caches a generic plan per conne
 few calls; one made while the table was small stays for the life of the connection and reads
 every open conversation of the tenant for each message. Measured in the ingest benchmark
 (2,000 open conversations): about 1,300 index tuples and heap fetches per message, and most
-of PostgreSQL's CPU. tests/integration/store/test_append_plan.py builds that situation.
+of PostgreSQL's CPU. tests/integration/store/test_query_plans.py builds that situation.
 
 On PostgreSQL, the group commit's function also plans its statements once per connection
 (``plan_cache_mode = force_generic_plan``). PL/pgSQL otherwise compares a generic plan with
