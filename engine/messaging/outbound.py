@@ -88,6 +88,7 @@ from engine.routing.strategies import StrategyCatalog
 from engine.store.conversation_tables import conversations, messages
 from engine.store.errors import CacheError, StoreError
 from engine.store.messaging_tables import OUTBOUND_UNSENT, outbound_messages
+from engine.store.planning import by_key_only
 
 log = logging.getLogger("nexus.messaging.outbound")
 
@@ -567,7 +568,9 @@ class OutboundService:
         t = outbound_messages
         values.setdefault("updated", q.utcnow())
         await self.store.execute(
-            sa.update(t).where(t.c.id == row.id, t.c.tenant == row.tenant).values(**values)
+            sa.update(t)
+            .where(t.c.id == row.id, by_key_only(t.c.tenant == row.tenant))
+            .values(**values)
         )
 
     async def park(self, row: q.OutboundRow, queue: str) -> bool:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from engine.store.messaging_tables import outbound_messages
+from engine.store.planning import by_key_only
 
 if TYPE_CHECKING:
     from engine.store.db import Store
@@ -241,7 +242,9 @@ async def release(store: Store, token: str) -> None:
 
 async def get(store: Store, tenant: str, row_id: str) -> OutboundRow | None:
     t = outbound_messages
-    row = await store.fetch_one(sa.select(t).where(t.c.id == row_id, t.c.tenant == tenant))
+    row = await store.fetch_one(
+        sa.select(t).where(t.c.id == row_id, by_key_only(t.c.tenant == tenant))
+    )
     return None if row is None else OutboundRow.from_row(row)
 
 
@@ -252,7 +255,9 @@ async def by_provider_ref(store: Store, tenant: str, ref: str) -> OutboundRow | 
         sa.select(t).where(t.c.tenant == tenant, t.c.provider_message_id == ref).limit(1)
     )
     if row is None:
-        row = await store.fetch_one(sa.select(t).where(t.c.tenant == tenant, t.c.id == ref))
+        row = await store.fetch_one(
+            sa.select(t).where(t.c.id == ref, by_key_only(t.c.tenant == tenant))
+        )
     return None if row is None else OutboundRow.from_row(row)
 
 

@@ -56,6 +56,7 @@ from engine.routing.ucs import UcsClient
 from engine.store.conversation_tables import contacts, conversations
 from engine.store.db import Store
 from engine.store.errors import Conflict
+from engine.store.planning import by_key_only
 
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 _PHONE_STRIP_RE = re.compile(r"[\s\-./()\u00a0]")
@@ -212,7 +213,7 @@ class ContactDirectory:
         now = from_epoch(self.clock())
         await self.store.execute(
             sa.update(contacts)
-            .where(contacts.c.id == loser.id, contacts.c.tenant == tenant)
+            .where(contacts.c.id == loser.id, by_key_only(contacts.c.tenant == tenant))
             .values(merged_into=winner.id, updated=now)
         )
         await self.store.execute(
@@ -256,7 +257,9 @@ class ContactDirectory:
         """The contact (following ``merged_into`` to the survivor unless ``follow=False``)."""
         for _ in range(8):
             row = await self.store.fetch_one(
-                sa.select(contacts).where(contacts.c.id == contact_id, contacts.c.tenant == tenant)
+                sa.select(contacts).where(
+                    contacts.c.id == contact_id, by_key_only(contacts.c.tenant == tenant)
+                )
             )
             if row is None:
                 return None

@@ -472,7 +472,9 @@ class ConversationRepo:
 
     async def get_segment(self, tenant: str, segment_id: str) -> Segment | None:
         row = await self.store.fetch_one(
-            sa.select(segments).where(segments.c.id == segment_id, segments.c.tenant == tenant)
+            sa.select(segments).where(
+                segments.c.id == segment_id, by_key_only(segments.c.tenant == tenant)
+            )
         )
         return None if row is None else Segment.from_row(row)
 
@@ -480,7 +482,9 @@ class ConversationRepo:
         if not ids:
             return {}
         rows = await self.store.fetch_all(
-            sa.select(segments).where(segments.c.tenant == tenant, segments.c.id.in_(list(ids)))
+            sa.select(segments).where(
+                segments.c.id.in_(list(ids)), by_key_only(segments.c.tenant == tenant)
+            )
         )
         return {r["id"]: Segment.from_row(r) for r in rows}
 

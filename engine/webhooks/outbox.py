@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from engine.config.model import Model, Tenant
 from engine.store.errors import Conflict, NotFound
+from engine.store.planning import by_key_only
 from engine.store.webhook_tables import webhook_deliveries
 
 if TYPE_CHECKING:
@@ -310,7 +311,8 @@ async def get_delivery(store: Store, tenant: str, delivery_id: str) -> WebhookDe
     """A delivery of ``tenant`` (ccid), or None (also when it belongs to another tenant)."""
     row = await store.fetch_one(
         sa.select(webhook_deliveries).where(
-            webhook_deliveries.c.id == delivery_id, webhook_deliveries.c.tenant == tenant
+            webhook_deliveries.c.id == delivery_id,
+            by_key_only(webhook_deliveries.c.tenant == tenant),
         )
     )
     return None if row is None else WebhookDelivery.from_row(row)
@@ -362,7 +364,7 @@ async def replay(
     async with store.transaction():
         current = await store.fetch_one(
             sa.select(t.c.status)
-            .where(t.c.id == delivery_id, t.c.tenant == tenant)
+            .where(t.c.id == delivery_id, by_key_only(t.c.tenant == tenant))
             .with_for_update()
         )
         if current is None:
@@ -374,7 +376,10 @@ async def replay(
             )
         await store.execute(
             sa.update(t)
-            .where(t.c.id == delivery_id, t.c.tenant == tenant, t.c.status.in_(REPLAYABLE))
+            .where(
+                t.c.id == delivery_id,
+                by_key_only(t.c.tenant == tenant, t.c.status.in_(REPLAYABLE)),
+            )
             .values(
                 status=PENDING,
                 attempts=0,

@@ -103,6 +103,10 @@ async def test_general_path_lookups_read_one_row(pg_database: str) -> None:
             # queued -> queued: a conditional update that leaves the row as it was
             await repo.transition(TENANT, segment_id, expect_states=[SegmentState.QUEUED],
                                   values={"attempt": 0})
+            segment = await repo.get_segment(TENANT, segment_id)
+            assert segment is not None
+            assert set(await repo.segments_by_ids(TENANT, [segment_id])) == {segment_id}
+            assert await repo.get_conversation(TENANT, segment.conversation_id) is not None
 
         for call in range(8):
             await calls(f"+1650{call % 2:07d}", segment_ids[call % 2]["id"])
