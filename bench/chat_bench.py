@@ -7,7 +7,10 @@ Usage: .venv/bin/python bench/chat_bench.py [--seconds 10] [--rate 1000] [--warm
 A real engine (``python -m engine.cli serve``, ``--workers 2``) on a throwaway PostgreSQL
 database and the real Redis under a unique key prefix, with the sample config plus the chat
 tests' additions (tests/integration/chat/conftest.py: a chat key with a high rate limit, a
-second agent). Both are removed afterwards.
+second agent). Both are removed afterwards. The interaction webhooks (the STARTED event of
+each chat) go to a receiver in this process that answers 200, as a deployment's would: the
+sample config's target is a closed port, whose retries would run through the measured
+seconds (bench/ingest_bench.py does the same).
 
 1. Relay: ``--agents`` agents (``alice``, ``bob`` and ``load01``..., chat capacity 3 each like
    the config's agents) get ready; a listener process holds their agent WebSockets; customers,
@@ -20,9 +23,11 @@ second agent). Both are removed afterwards.
    POST, and the listener computes the latency when the agent's WebSocket delivers it. The
    schedule starts with ``--warmup`` seconds whose messages are not in the headline numbers
    (a fresh engine's first messages prepare statements and open pooled connections; the
-   percentiles with them are printed too). Prints count, p50, p90, p99, max, errors, and the
+   percentiles with them are printed too). Prints count, p50, p90, p99, max, errors, the
    CPU (% of one core) of the engine's processes (/proc/<pid>/stat) and of the load
-   processes.
+   processes, and the machine's scheduling stalls during the measured seconds
+   (bench/_stalls.py: a wake-up more than 10 ms late; one stall of 100 ms or more on a
+   small VM delays every message in flight and decides the p99 on its own).
 2. Memory: ``--sessions`` chats are created through the API (50 in flight) and left open;
    prints the summed RSS (``/proc/<pid>/status`` VmRSS) of the engine's processes (main and
    workers) before and after.
@@ -39,7 +44,9 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -53,10 +60,45 @@ sys.path.insert(0, str(ROOT / "bench"))
 import _httpload  # noqa: E402
 from _procstat import cpu_ticks, rss_kb  # noqa: E402
 from _procstat import tree as engine_pids  # noqa: E402
+from _stalls import StallProbe  # noqa: E402
 
 from tests.integration.chat.clients import AgentClient, WidgetClient  # noqa: E402
 from tests.integration.chat.conftest import T1001, chat_config  # noqa: E402
-from tests.integration.provisioning.harness import make_backend, start_engine  # noqa: E402
+from tests.integration.provisioning.harness import (  # noqa: E402
+    free_port,
+    make_backend,
+    start_engine,
+)
+
+AI_CONNECTOR_URL = "http://localhost:4084/athena/v1/agent-assist-chat/messages"
+
+
+class _Webhooks(BaseHTTPRequestHandler):
+    """The webhook receiver: reads each delivery and answers 200."""
+
+    received = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - the handler's API
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        type(self).received += 1
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def start_receiver(config: Path) -> ThreadingHTTPServer:
+    """A receiver on a free port, named as the ai-connector target's URL in ``config``."""
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Webhooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    tenant = config / "tenants" / "t1001.yaml"
+    text = tenant.read_text()
+    assert AI_CONNECTOR_URL in text, "the sample config's webhook target moved"
+    tenant.write_text(text.replace(
+        AI_CONNECTOR_URL, f"http://127.0.0.1:{server.server_port}/hooks"))
+    return server
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -147,6 +189,7 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
             raise RuntimeError("a sender did not start")
         assert conn.recv() == "ready"
     pids = engine_pids(engine_pid)
+    probe = StallProbe().start()
     ticks0 = cpu_ticks(pids)
     began = time.monotonic_ns() + 200_000_000
     for conn in conns:
@@ -154,6 +197,7 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
     results = [conn.recv() for conn in conns]
     ticks1 = cpu_ticks(pids)
     ended = max(r["end_ns"] for r in results)
+    probe.stop()
     ok = sum(r["ok"] for r in results)
     listen_conn.send(ok)
     heard = listen_conn.recv()
@@ -196,6 +240,7 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
                         "p99_ms": round(percentile(every, 0.99), 2),
                         "max_ms": round(max(every), 2)},
         "max_send_lag_ms": round(max(r["max_late_ms"] for r in results), 2),
+        "machine_stalls": probe.since(measured_from, ended).as_dict(),
         "engine_cpu_pct": cpu,
         "load_cpu_pct": {"senders": [round(100 * r["cpu_s"] / elapsed, 1) for r in results],
                          "listener": round(100 * heard["cpu_s"] / elapsed, 1)},
@@ -262,6 +307,7 @@ def main() -> int:
     backend = make_backend("pg", tmp, args.pg_url, args.redis_url, args.workers)
     try:
         config = chat_config(tmp)
+        receiver = start_receiver(config)
         names = ["alice", "bob", *extra_agents(config, max(0, args.agents - 2))]
         engine = start_engine(tmp / "engine", backend, config,
                               extra_env={"NEXUS_LOG_FORMAT": "json",
@@ -273,6 +319,7 @@ def main() -> int:
             report["relay"] = asyncio.run(relay(engine.api, engine.env, args.seconds, args.rate,
                                                  names, args.senders, engine.proc.pid,
                                                  args.dump, args.warmup))
+            report["relay"]["webhooks_received"] = _Webhooks.received
             print(json.dumps(report["relay"]), flush=True)
             if args.sessions:
                 report["sessions"] = asyncio.run(
@@ -281,6 +328,7 @@ def main() -> int:
             print(json.dumps(report, indent=2))
         finally:
             engine.stop()
+            receiver.shutdown()
     finally:
         backend.close()
     return 0

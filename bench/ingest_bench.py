@@ -27,7 +27,9 @@ conversations/s. Then ``wrk`` with a Lua script. wrk's Lua has no HMAC, so N sig
    schedule (each thread's next request is due one interval after its previous one, whatever
    the latency, as long as a connection is free): the achieved rate, p50/p99.
 
-Afterwards the engine's database is counted: every 200 must be a stored message.
+Afterwards the engine's database is counted: every 200 must be a stored message. Each phase
+also reports the machine's scheduling stalls (bench/_stalls.py: wake-ups more than 10 ms
+late), which tell a slow machine phase from slow code.
 Goals (issue #6): >= 5,000 msg/s and >= 0.2 x bare; p99 < 50 ms at 2,000 msg/s.
 """
 
@@ -58,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _procstat import cpu_seconds  # noqa: E402
+from _stalls import StallProbe  # noqa: E402
 
 T1001 = "578ec98e-f07c-46ad-9675-f36c22f3ba9f"
 CHANNEL = "16504661149"
@@ -293,15 +296,21 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
     fast = tmp / f"{tag}-fast.lua"
     make_script(fast, secret, count, args.senders, args.threads, 0,
                 f"{tag}-f-{uuid.uuid4().hex[:6]}")
+    probe = StallProbe().start()
     cpu0 = cpu_seconds(pid)
+    began = time.monotonic_ns()
     out["throughput"] = run_wrk(url, fast, args.seconds, args.connections, args.threads)
+    out["throughput"]["stalls"] = probe.late_between(began)
     # the server's CPU per request: steadier than msg/s on a machine shared with the load
     out["throughput"]["cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / max(
         1, out["throughput"]["total"])
     paced = tmp / f"{tag}-paced.lua"
     make_script(paced, secret, max(4_000, args.rate * args.seconds * 11 // 10), args.senders,
                 args.threads, args.rate, f"{tag}-p-{uuid.uuid4().hex[:6]}")
+    began = time.monotonic_ns()
     out["latency"] = run_wrk(url, paced, args.seconds, args.rate_connections, args.threads)
+    out["latency"]["stalls"] = probe.late_between(began)
+    probe.stop()
     return out
 
 
@@ -398,6 +407,8 @@ def main() -> None:
               f"server CPU {t['cpu_us']:.0f} us/msg)")
         print(f"{name:6s} paced {args.rate}/s: achieved {lat['rate']:9.1f} msg/s  p50 "
               f"{lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  non-2xx {lat['non2xx']}")
+        print(f"{name:6s} machine: throughput phase {t['stalls']}; paced phase "
+              f"{lat['stalls']}")
     print(f"ratio engine/bare {e['throughput']['rate'] / b['throughput']['rate']:.3f}")
     print(f"durable: {stored} stored messages for {accepted} accepted requests "
           f"({conversations} conversations)")
