@@ -52,7 +52,7 @@ from engine.auth.gws import GwsAuthProvider
 from engine.observability import logging as nexus_logging
 from engine.observability import metrics
 from engine.observability.server import MetricsServer
-from engine.settings import Settings
+from engine.settings import SHARED_MEMORY, Settings
 
 log = logging.getLogger("nexus.app")
 
@@ -370,8 +370,16 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
     @app.main_process_start
     async def main_start(app: Sanic) -> None:
         nexus_logging.configure_logging(settings.log_format)
-        directory = metrics.prepare_multiprocess_dir(
-            os.environ.get(metrics.MULTIPROC_ENV) or settings.multiproc_dir
+        chosen = os.environ.get(metrics.MULTIPROC_ENV) or settings.multiproc_dir
+        directory = metrics.prepare_multiprocess_dir(chosen)
+        # The default directory in shared memory is ours to remove at the end (it holds RAM);
+        # a directory the operator named, or var/prometheus, stays.
+        app.ctx.owned_metrics_dir = (
+            directory
+            if not settings.metrics_dir
+            and Path(chosen) == settings.multiproc_dir
+            and directory.parent == SHARED_MEMORY.resolve()
+            else None
         )
         log.info("prometheus multiprocess directory %s", directory)
         if serve_metrics:
@@ -385,6 +393,11 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
         if server is not None:
             server.stop()
             app.ctx.metrics_server = None
+        owned: Path | None = getattr(app.ctx, "owned_metrics_dir", None)
+        if owned is not None:
+            metrics.remove_multiprocess_dir(owned)
+            if os.environ.get(metrics.MULTIPROC_ENV) == str(owned):
+                del os.environ[metrics.MULTIPROC_ENV]
 
     @app.before_server_start
     async def connect(app: Sanic) -> None:

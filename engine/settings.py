@@ -12,6 +12,7 @@ Precedence: a flag given on the command line (a keyword of :meth:`Settings.from_
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 from collections.abc import Mapping
@@ -23,6 +24,21 @@ LOG_FORMATS = ("json", "text")
 AUTH_PROVIDERS = ("embedded", "gws")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+#: Where the metric files go by default when it is there: a RAM-backed file system. The
+#: workers write them as memory maps on every request. On a disk, the kernel's periodic
+#: writeback of those pages stalled PostgreSQL's WAL fsyncs on the same file system for
+#: 85-130 ms, with every commit in flight waiting (the chat benchmark's p99, docs/metrics.md).
+SHARED_MEMORY = Path("/dev/shm")
+
+
+def default_multiproc_dir(var: Path, shm: Path = SHARED_MEMORY) -> Path:
+    """``<shm>/nexus-metrics-<uid>-<digest of the var dir>`` when ``shm`` is a writable
+    directory (one per var dir, as ``<var>/prometheus`` was), else ``<var>/prometheus``."""
+    if shm.is_dir() and os.access(shm, os.W_OK | os.X_OK):
+        digest = hashlib.sha256(str(var.resolve()).encode()).hexdigest()[:12]
+        return shm / f"nexus-metrics-{os.getuid()}-{digest}"
+    return var / "prometheus"
 
 #: Field name -> environment variable. Fields missing here have no variable.
 ENV_VARS: dict[str, str] = {
@@ -177,7 +193,9 @@ class Settings:
 
     @property
     def multiproc_dir(self) -> Path:
-        return Path(self.metrics_dir) if self.metrics_dir else self.var_path / "prometheus"
+        return Path(self.metrics_dir) if self.metrics_dir else default_multiproc_dir(
+            self.var_path
+        )
 
     @property
     def api_url(self) -> str:

@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.observability.metrics import GUIDE_METRICS
+from engine.settings import SHARED_MEMORY, default_multiproc_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 RUN = (
@@ -199,6 +200,12 @@ def test_metrics_aggregate_both_workers(engine: Engine) -> None:
               if line.startswith("{") and '"nexus.access"' in line]
     assert len({line["worker"] for line in access}) >= 1
     assert all(line["trace_id"] and line["duration_ms"] >= 0 for line in access)
+    # the workers' metric files are in shared memory (RAM), not on the var dir's disk
+    directory = default_multiproc_dir(engine.config.parent / "var")
+    if SHARED_MEMORY.is_dir() and os.access(SHARED_MEMORY, os.W_OK):
+        assert directory.parent == SHARED_MEMORY
+    assert f"prometheus multiprocess directory {directory}" in engine.logs()
+    assert list(directory.glob("counter_*.db"))
 
 
 def test_sighup_reload(engine: Engine) -> None:
@@ -216,7 +223,11 @@ def test_sighup_reload(engine: Engine) -> None:
 
 
 def test_graceful_stop(engine: Engine) -> None:
+    directory = default_multiproc_dir(engine.config.parent / "var")
+    assert directory.is_dir()
     engine.proc.send_signal(signal.SIGTERM)
     assert engine.proc.wait(timeout=30) == 0
     with pytest.raises(httpx.HTTPError):
         httpx.get(engine.metrics, timeout=2)
+    # the default directory in shared memory holds RAM: the main process removes it
+    assert directory.is_dir() == (directory.parent != SHARED_MEMORY)

@@ -122,3 +122,30 @@ def test_serve_refuses_bad_settings(tmp_path, monkeypatch, capsys) -> None:
     args = _parse(["serve", "--workers", "4"])
     assert args.func(args) == 2
     assert "need a shared Redis" in capsys.readouterr().err
+
+
+def test_metric_files_default_to_shared_memory(tmp_path) -> None:
+    from pathlib import Path
+
+    from engine.settings import default_multiproc_dir
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    first = default_multiproc_dir(tmp_path / "a" / "var", shm)
+    assert first.parent == shm and first.name.startswith(f"nexus-metrics-{os.getuid()}-")
+    # one directory per var dir, the same one each time (a restart wipes its old files)
+    assert default_multiproc_dir(tmp_path / "a" / "var", shm) == first
+    assert default_multiproc_dir(tmp_path / "b" / "var", shm) != first
+    # no writable shared memory (macOS, a locked-down container): the var dir, as before
+    assert default_multiproc_dir(tmp_path / "var", tmp_path / "none") == tmp_path / "var" / (
+        "prometheus")
+    if os.getuid() != 0:  # root writes anywhere
+        shm.chmod(0o500)
+        try:
+            assert default_multiproc_dir(tmp_path / "var", shm) == tmp_path / "var" / "prometheus"
+        finally:
+            shm.chmod(0o700)
+    # an operator's PROMETHEUS_MULTIPROC_DIR wins
+    named = Settings.from_env({"NEXUS_VAR_DIR": str(tmp_path / "v"),
+                               "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "m")})
+    assert named.multiproc_dir == Path(tmp_path / "m")
