@@ -26,9 +26,9 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 #: Where the metric files go by default when it is there: a RAM-backed file system. The
-#: workers write them as memory maps on every request. On a disk, the kernel's periodic
-#: writeback of those pages stalled PostgreSQL's WAL fsyncs on the same file system for
-#: 85-130 ms, with every commit in flight waiting (the chat benchmark's p99, docs/metrics.md).
+#: workers write them as memory maps on every request; on a disk, the kernel's periodic
+#: writeback of those pages competes with PostgreSQL's WAL fsyncs when they share it
+#: (docs/metrics.md).
 SHARED_MEMORY = Path("/dev/shm")
 
 
