@@ -381,6 +381,8 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
             and directory.parent == SHARED_MEMORY.resolve()
             else None
         )
+        if app.ctx.owned_metrics_dir is not None:
+            metrics.claim_multiprocess_dir(directory)
         log.info("prometheus multiprocess directory %s", directory)
         if serve_metrics:
             app.ctx.metrics_server = MetricsServer(settings.host, settings.metrics_port).start()

@@ -273,6 +273,36 @@ def remove_multiprocess_dir(path: str | os.PathLike[str]) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+OWNER_FILE = "main.pid"
+
+
+def claim_multiprocess_dir(directory: Path, pid: int | None = None) -> None:
+    """Mark ``directory`` (the default one in shared memory) as this main process's, and
+    remove its siblings whose main process is gone (killed before it could clean up: their
+    files would hold RAM until the next boot). A sibling without an owner file, or whose
+    owner still runs, stays."""
+    (directory / OWNER_FILE).write_text(str(os.getpid() if pid is None else pid))
+    for sibling in directory.parent.glob(directory.name.rsplit("-", 1)[0] + "-*"):
+        if sibling == directory or not sibling.is_dir():
+            continue
+        try:
+            owner = int((sibling / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _running(owner):
+            remove_multiprocess_dir(sibling)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # ---------------------------------------------------------------------- scrape-time collectors
 class ProcessTreeCollector(Collector):
     """``nexus_process_*`` of a process tree (the main process and its workers)."""

@@ -187,3 +187,23 @@ async def test_config_reload_counter(settings: Settings) -> None:
     assert await reload_config(app) is True
     assert await reload_config(app) is False
     assert value("applied") == applied + 1 and value("rejected") == rejected + 1
+
+
+def test_claimed_directory_sweeps_dead_siblings(tmp_path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    ours = tmp_path / "nexus-metrics-0-aaaaaaaaaaaa"
+    gone = tmp_path / "nexus-metrics-0-bbbbbbbbbbbb"  # its engine was killed
+    alive = tmp_path / "nexus-metrics-0-cccccccccccc"  # another engine, still running
+    unknown = tmp_path / "nexus-metrics-0-dddddddddddd"  # no owner file: left alone
+    other = tmp_path / "something-else"
+    for directory in (ours, gone, alive, unknown, other):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"x")
+    (gone / metrics.OWNER_FILE).write_text(str(dead.pid))
+    (alive / metrics.OWNER_FILE).write_text(str(os.getppid()))
+    (other / metrics.OWNER_FILE).write_text(str(dead.pid))
+    metrics.claim_multiprocess_dir(ours)
+    assert (ours / metrics.OWNER_FILE).read_text() == str(os.getpid())
+    assert not gone.exists()
+    assert alive.is_dir() and unknown.is_dir() and other.is_dir()
