@@ -1,12 +1,13 @@
 """A probe of the machine's scheduling stalls, run beside a benchmark.
 
-On a small shared VM a process that is ready to run sometimes waits 50-250 ms for a CPU
-(seen on this project's 2-vCPU machines even with two plain busy loops and nothing else).
-Such a stall delays every request in flight at once, so one of them in a 10 s run decides a
-p99. The probe lets a report tell those runs from slow code: a separate process sleeps
-``period`` seconds at a time and records each wake-up that came more than ``threshold``
-late, stamped with ``time.monotonic_ns()`` (CLOCK_MONOTONIC, the clock the benchmarks use).
-It costs a few hundred wake-ups per second and almost no CPU.
+On a small shared VM a process that is ready to run may wait long for a CPU (on this
+project's 2-vCPU machine, two plain busy loops saw gaps of up to 69 ms). Such a stall delays
+every request in flight at once, so one of them in a 10 s run can decide a p99. The probe lets
+a report tell those runs from slow code: a separate process sleeps ``period`` seconds at a
+time and records each wake-up that came more than ``threshold`` late, stamped with
+``time.monotonic_ns()`` (CLOCK_MONOTONIC, the clock the benchmarks use). It costs a few
+hundred wake-ups per second and almost no CPU. (bench/_walstalls.py watches the other kind
+of stall seen there: a slow WAL fsync of the database.)
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ seconds (bench/ingest_bench.py does the same).
    (a fresh engine's first messages prepare statements and open pooled connections; the
    percentiles with them are printed too). Prints count, p50, p90, p99, max, errors, the
    CPU (% of one core) of the engine's processes (/proc/<pid>/stat) and of the load
-   processes, and the machine's scheduling stalls during the measured seconds
-   (bench/_stalls.py: a wake-up more than 10 ms late; one stall of 100 ms or more on a
-   small VM delays every message in flight and decides the p99 on its own).
+   processes, and two kinds of stall during the measured seconds: the machine's scheduling
+   stalls (bench/_stalls.py: a wake-up more than 10 ms late) and the database's slow WAL
+   flushes (bench/_walstalls.py: a commit waiting 20 ms or more on the WAL). One stall of
+   100 ms delays every message in flight and decides the p99 on its own.
 2. Memory: ``--sessions`` chats are created through the API (50 in flight) and left open;
    prints the summed RSS (``/proc/<pid>/status`` VmRSS) of the engine's processes (main and
    workers) before and after.
@@ -61,6 +62,7 @@ import _httpload  # noqa: E402
 from _procstat import cpu_ticks, rss_kb  # noqa: E402
 from _procstat import tree as engine_pids  # noqa: E402
 from _stalls import StallProbe  # noqa: E402
+from _walstalls import WalStallProbe  # noqa: E402
 
 from tests.integration.chat.clients import AgentClient, WidgetClient  # noqa: E402
 from tests.integration.chat.conftest import T1001, chat_config  # noqa: E402
@@ -134,7 +136,8 @@ spec:
 
 async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
                 agent_names: list[str], senders: int, engine_pid: int,
-                dump: Path | None = None, warmup: float = 0.0) -> dict[str, Any]:
+                dump: Path | None = None, warmup: float = 0.0,
+                db_url: str | None = None) -> dict[str, Any]:
     key = env["T1001_WIDGET_LOAD_KEY"]
     agents = [AgentClient(api, T1001, name, env[f"T1001_{name.upper()}_PASSWORD"])
               for name in agent_names]
@@ -190,6 +193,7 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
         assert conn.recv() == "ready"
     pids = engine_pids(engine_pid)
     probe = StallProbe().start()
+    wal = WalStallProbe(db_url).start() if db_url else None
     ticks0 = cpu_ticks(pids)
     began = time.monotonic_ns() + 200_000_000
     for conn in conns:
@@ -198,6 +202,8 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
     ticks1 = cpu_ticks(pids)
     ended = max(r["end_ns"] for r in results)
     probe.stop()
+    if wal is not None:
+        wal.stop()
     ok = sum(r["ok"] for r in results)
     listen_conn.send(ok)
     heard = listen_conn.recv()
@@ -241,6 +247,7 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
                         "max_ms": round(max(every), 2)},
         "max_send_lag_ms": round(max(r["max_late_ms"] for r in results), 2),
         "machine_stalls": probe.since(measured_from, ended).as_dict(),
+        "wal_stalls": wal.since(measured_from, ended).as_dict() if wal else None,
         "engine_cpu_pct": cpu,
         "load_cpu_pct": {"senders": [round(100 * r["cpu_s"] / elapsed, 1) for r in results],
                          "listener": round(100 * heard["cpu_s"] / elapsed, 1)},
@@ -318,7 +325,7 @@ def main() -> int:
             report = {"workers": args.workers}
             report["relay"] = asyncio.run(relay(engine.api, engine.env, args.seconds, args.rate,
                                                  names, args.senders, engine.proc.pid,
-                                                 args.dump, args.warmup))
+                                                 args.dump, args.warmup, backend.db_url))
             report["relay"]["webhooks_received"] = _Webhooks.received
             print(json.dumps(report["relay"]), flush=True)
             if args.sessions:

@@ -29,7 +29,8 @@ conversations/s. Then ``wrk`` with a Lua script. wrk's Lua has no HMAC, so N sig
 
 Afterwards the engine's database is counted: every 200 must be a stored message. Each phase
 also reports the machine's scheduling stalls (bench/_stalls.py: wake-ups more than 10 ms
-late), which tell a slow machine phase from slow code.
+late) and, for the engine, the database's slow WAL flushes (bench/_walstalls.py), which tell
+a slow machine or disk from slow code.
 Goals (issue #6): >= 5,000 msg/s and >= 0.2 x bare; p99 < 50 ms at 2,000 msg/s.
 """
 
@@ -61,6 +62,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from _procstat import cpu_seconds  # noqa: E402
 from _stalls import StallProbe  # noqa: E402
+from _walstalls import WalStallProbe  # noqa: E402
 
 T1001 = "578ec98e-f07c-46ad-9675-f36c22f3ba9f"
 CHANNEL = "16504661149"
@@ -279,7 +281,7 @@ def warm_up(port: int, secret: str, senders: int, connections: int) -> dict:
 
 
 def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: str,
-            pid: int) -> dict:
+            pid: int, db_url: str | None = None) -> dict:
     url = f"http://127.0.0.1:{port}"
     out: dict = {}
     if tag == "engine":
@@ -297,10 +299,12 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
     make_script(fast, secret, count, args.senders, args.threads, 0,
                 f"{tag}-f-{uuid.uuid4().hex[:6]}")
     probe = StallProbe().start()
+    wal = WalStallProbe(db_url).start() if db_url else None
     cpu0 = cpu_seconds(pid)
     began = time.monotonic_ns()
     out["throughput"] = run_wrk(url, fast, args.seconds, args.connections, args.threads)
     out["throughput"]["stalls"] = probe.late_between(began)
+    out["throughput"]["wal"] = wal.since(began) if wal else None
     # the server's CPU per request: steadier than msg/s on a machine shared with the load
     out["throughput"]["cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / max(
         1, out["throughput"]["total"])
@@ -310,7 +314,10 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
     began = time.monotonic_ns()
     out["latency"] = run_wrk(url, paced, args.seconds, args.rate_connections, args.threads)
     out["latency"]["stalls"] = probe.late_between(began)
+    out["latency"]["wal"] = wal.since(began) if wal else None
     probe.stop()
+    if wal is not None:
+        wal.stop()
     return out
 
 
@@ -365,7 +372,7 @@ def main() -> None:
             wait_http(f"http://127.0.0.1:{port}/health")
             time.sleep(3)  # every worker up
             results["engine"] = measure(port, secrets["T1001_ASYNC_API_SECRET"], args, tmp,
-                                        "engine", engine.pid)
+                                        "engine", engine.pid, backend.db_url)
         finally:
             stop(engine)
         stored = subprocess.run(
@@ -409,6 +416,10 @@ def main() -> None:
               f"{lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  non-2xx {lat['non2xx']}")
         print(f"{name:6s} machine: throughput phase {t['stalls']}; paced phase "
               f"{lat['stalls']}")
+        if t["wal"] is not None:
+            print(f"{name:6s} database WAL flushes of 20 ms or more: throughput phase "
+                  f"{t['wal'].count} (longest {t['wal'].max_ms:.0f} ms); paced phase "
+                  f"{lat['wal'].count} (longest {lat['wal'].max_ms:.0f} ms)")
     print(f"ratio engine/bare {e['throughput']['rate'] / b['throughput']['rate']:.3f}")
     print(f"durable: {stored} stored messages for {accepted} accepted requests "
           f"({conversations} conversations)")
