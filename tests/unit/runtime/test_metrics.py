@@ -124,11 +124,16 @@ def test_multiprocess_aggregation_of_two_processes(tmp_path, monkeypatch) -> Non
 
 
 def test_process_tree_sums_children() -> None:
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
-                             stdin=subprocess.PIPE)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )
     try:
-        tree = procfs.tree_stats(os.getpid())
+        # the child's interpreter is up (a child read mid-exec has almost no RSS), and this
+        # process is read alone first: growing in between only makes the tree larger
+        assert child.stdout is not None and child.stdout.readline() == b"ready\n"
         alone = procfs.read_stat(os.getpid())
+        tree = procfs.tree_stats(os.getpid())
         assert child.pid in tree.pids and os.getpid() in tree.pids
         assert alone is not None and tree.resident > alone.rss
         assert tree.open_fds >= procfs.open_fds() and tree.max_fds > procfs.max_fds()
