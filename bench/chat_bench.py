@@ -27,8 +27,10 @@ seconds (bench/ingest_bench.py does the same).
    CPU (% of one core) of the engine's processes (/proc/<pid>/stat) and of the load
    processes, and two kinds of stall during the measured seconds: the machine's scheduling
    stalls (bench/_stalls.py: a wake-up more than 10 ms late) and the database's slow WAL
-   flushes (bench/_walstalls.py: a commit waiting 20 ms or more on the WAL). One stall of
-   100 ms delays every message in flight and decides the p99 on its own.
+   flushes (bench/_walstalls.py: a commit waiting 20 ms or more on the WAL), and how many of
+   the engine's database requests took over 50 and 100 ms (its own
+   ``nexus_db_request_duration_milliseconds``, warm-up included). One stall of 100 ms delays
+   every message in flight and decides the p99 on its own.
 2. Memory: ``--sessions`` chats are created through the API (50 in flight) and left open;
    prints the summed RSS (``/proc/<pid>/status`` VmRSS) of the engine's processes (main and
    workers) before and after.
@@ -53,6 +55,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -103,6 +106,25 @@ def start_receiver(config: Path) -> ThreadingHTTPServer:
     return server
 
 
+def slow_db_requests(metrics_url: str) -> dict[str, float]:
+    """Database requests the engine timed (``nexus_db_request_duration_milliseconds``, every
+    method, all workers) so far: how many in all, and how many took over 50 and 100 ms."""
+    counts = {"all": 0.0, "le50": 0.0, "le100": 0.0}
+    text = httpx.get(metrics_url, timeout=10).text
+    for family in text_string_to_metric_families(text):
+        if family.name != "nexus_db_request_duration_milliseconds":
+            continue
+        for sample in family.samples:
+            if not sample.name.endswith("_bucket"):
+                continue
+            bound = sample.labels.get("le")
+            key = {"+Inf": "all", "50.0": "le50", "100.0": "le100"}.get(bound or "")
+            if key:
+                counts[key] += sample.value
+    return {"all": counts["all"], "over_50ms": counts["all"] - counts["le50"],
+            "over_100ms": counts["all"] - counts["le100"]}
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
@@ -137,7 +159,7 @@ spec:
 async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
                 agent_names: list[str], senders: int, engine_pid: int,
                 dump: Path | None = None, warmup: float = 0.0,
-                db_url: str | None = None) -> dict[str, Any]:
+                db_url: str | None = None, metrics_url: str | None = None) -> dict[str, Any]:
     key = env["T1001_WIDGET_LOAD_KEY"]
     agents = [AgentClient(api, T1001, name, env[f"T1001_{name.upper()}_PASSWORD"])
               for name in agent_names]
@@ -194,6 +216,7 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
     pids = engine_pids(engine_pid)
     probe = StallProbe().start()
     wal = WalStallProbe(db_url).start() if db_url else None
+    db0 = slow_db_requests(metrics_url) if metrics_url else None
     ticks0 = cpu_ticks(pids)
     began = time.monotonic_ns() + 200_000_000
     for conn in conns:
@@ -204,6 +227,7 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
     probe.stop()
     if wal is not None:
         wal.stop()
+    db1 = slow_db_requests(metrics_url) if metrics_url else None
     ok = sum(r["ok"] for r in results)
     listen_conn.send(ok)
     heard = listen_conn.recv()
@@ -248,6 +272,8 @@ async def relay(api: str, env: dict[str, str], seconds: float, rate: float,
         "max_send_lag_ms": round(max(r["max_late_ms"] for r in results), 2),
         "machine_stalls": probe.since(measured_from, ended).as_dict(),
         "wal_stalls": wal.since(measured_from, ended).as_dict() if wal else None,
+        # the engine's own timings of its database requests, warm-up included
+        "db_requests": {k: db1[k] - db0[k] for k in db0} if db0 and db1 else None,
         "engine_cpu_pct": cpu,
         "load_cpu_pct": {"senders": [round(100 * r["cpu_s"] / elapsed, 1) for r in results],
                          "listener": round(100 * heard["cpu_s"] / elapsed, 1)},
@@ -325,7 +351,8 @@ def main() -> int:
             report = {"workers": args.workers}
             report["relay"] = asyncio.run(relay(engine.api, engine.env, args.seconds, args.rate,
                                                  names, args.senders, engine.proc.pid,
-                                                 args.dump, args.warmup, backend.db_url))
+                                                 args.dump, args.warmup, backend.db_url,
+                                                 engine.metrics))
             report["relay"]["webhooks_received"] = _Webhooks.received
             print(json.dumps(report["relay"]), flush=True)
             if args.sessions:
