@@ -14,19 +14,25 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+
+
+def answer_orders(conn: Connection, samples: list[tuple[int, float]]) -> bool:
+    """In a probe's process: answer a waiting order ("report" or "stop") with the samples so
+    far; True when it was "stop"."""
+    if not conn.poll():
+        return False
+    order = conn.recv()
+    conn.send(list(samples))
+    return order == "stop"
 
 
 def _probe(conn: Connection, period: float, threshold: float) -> None:
     late: list[tuple[int, float]] = []
     conn.send("ready")
-    while True:
-        if conn.poll():
-            order = conn.recv()
-            conn.send(list(late))
-            if order == "stop":
-                return
+    while not answer_orders(conn, late):
         before = time.monotonic_ns()
         time.sleep(period)
         over = (time.monotonic_ns() - before) / 1e9 - period
@@ -36,7 +42,7 @@ def _probe(conn: Connection, period: float, threshold: float) -> None:
 
 @dataclass(frozen=True)
 class Stalls:
-    """The late wake-ups of a window: how many, the longest and their sum (ms)."""
+    """The stalls of a window: how many, the longest and their sum (ms)."""
 
     count: int
     max_ms: float
@@ -53,49 +59,63 @@ class Stalls:
                 f"{self.total_ms:.0f} ms in all")
 
 
-def window(late: list[tuple[int, float]], start_ns: int, end_ns: int) -> Stalls:
-    """The stalls of ``late`` that began in ``[start_ns, end_ns)``."""
-    inside = [ms for at, ms in late if start_ns <= at < end_ns]
+def window(stalls: list[tuple[int, float]], start_ns: int, end_ns: int) -> Stalls:
+    """The ``(start, ms)`` stalls that began in ``[start_ns, end_ns)``."""
+    inside = [ms for at, ms in stalls if start_ns <= at < end_ns]
     return Stalls(len(inside), max(inside, default=0.0), sum(inside))
 
 
-class StallProbe:
-    """``start()``, run the load, ``stop()``; then :func:`window` over ``late``."""
+class ProbeProcess:
+    """A probe in a process of its own (spawned): ``target(conn, *args)`` sends "ready",
+    then keeps samples and answers orders with :func:`answer_orders`. ``start()``, run the
+    load, ``since(start_ns)`` while it runs or after ``stop()``."""
 
-    def __init__(self, period: float = 0.002, threshold: float = 0.010) -> None:
-        self.period = period
-        self.threshold = threshold
-        self.late: list[tuple[int, float]] = []
+    what = "probe"
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[int, float]] = []
         self._conn: Connection | None = None
         self._proc: mp.process.BaseProcess | None = None
 
-    def start(self) -> StallProbe:
+    def _start(self, target: Callable[..., None], *args: object) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_probe, args=(child, self.period, self.threshold),
-                                 daemon=True)
+        self._proc = ctx.Process(target=target, args=(child, *args), daemon=True)
         self._proc.start()
         if not self._conn.poll(60) or self._conn.recv() != "ready":
-            raise RuntimeError("the stall probe did not start")
-        return self
+            raise RuntimeError(f"the {self.what} did not start")
 
-    def stop(self) -> list[tuple[int, float]]:
-        if self._conn is not None and self._proc is not None:
-            self._conn.send("stop")
-            self.late = self._conn.recv()
+    def _ask(self, order: str) -> None:
+        if self._conn is not None:
+            self._conn.send(order)
+            self.samples = self._conn.recv()
+
+    def stop(self) -> None:
+        self._ask("stop")
+        if self._proc is not None:
             self._proc.join(10)
-            self._conn = self._proc = None
-        return self.late
+        self._conn = self._proc = None
+
+    def stalls(self) -> list[tuple[int, float]]:
+        """``(start, ms)`` of each stall in :attr:`samples`."""
+        return self.samples
 
     def since(self, start_ns: int, end_ns: int | None = None) -> Stalls:
-        """The stalls recorded (after :meth:`stop`) in ``[start_ns, end_ns)``."""
-        return window(self.late, start_ns, end_ns or time.monotonic_ns())
+        """The stalls that began in ``[start_ns, end_ns)`` (end: now); a running probe is
+        asked for its samples so far, and goes on."""
+        self._ask("report")
+        return window(self.stalls(), start_ns, end_ns or time.monotonic_ns())
 
-    def late_between(self, start_ns: int) -> Stalls:
-        """While running: the stalls from ``start_ns`` until now (asks the probe for its
-        record so far, and it goes on)."""
-        if self._conn is None:
-            return self.since(start_ns)
-        self._conn.send("report")
-        late = self._conn.recv()
-        return window(late, start_ns, time.monotonic_ns())
+
+class StallProbe(ProbeProcess):
+    """Wake-ups more than ``threshold`` late after sleeping ``period`` seconds."""
+
+    what = "stall probe"
+
+    def __init__(self, period: float = 0.002, threshold: float = 0.010) -> None:
+        super().__init__()
+        self.period, self.threshold = period, threshold
+
+    def start(self) -> StallProbe:
+        self._start(_probe, self.period, self.threshold)
+        return self

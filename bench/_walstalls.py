@@ -14,11 +14,10 @@ records each sample where a transaction of the benchmark's database has waited o
 from __future__ import annotations
 
 import asyncio
-import multiprocessing as mp
 import time
 from multiprocessing.connection import Connection
 
-from _stalls import Stalls, window
+from _stalls import ProbeProcess, answer_orders
 
 _WAITING = (
     "SELECT coalesce(max(extract(epoch FROM clock_timestamp() - xact_start)), 0) "
@@ -50,12 +49,7 @@ async def _watch(conn: Connection, url: str, period: float, threshold: float) ->
     samples: list[tuple[int, float]] = []
     conn.send("ready")
     try:
-        while True:
-            if conn.poll():
-                order = conn.recv()
-                conn.send(list(samples))
-                if order == "stop":
-                    return
+        while not answer_orders(conn, samples):
             now = time.monotonic_ns()
             waited = float(await db.fetchval(_WAITING))
             if waited >= threshold:
@@ -69,41 +63,20 @@ def _probe(conn: Connection, url: str, period: float, threshold: float) -> None:
     asyncio.run(_watch(conn, url, period, threshold))
 
 
-class WalStallProbe:
-    """``start()``, run the load, ``since(start_ns)`` / ``stop()``."""
+class WalStallProbe(ProbeProcess):
+    """Commits of the database at ``url`` waiting ``threshold`` or more on the WAL."""
+
+    what = "WAL stall probe"
 
     def __init__(self, url: str, period: float = 0.005, threshold: float = 0.020,
                  gap: float = 0.030) -> None:
+        super().__init__()
         self.url = url
         self.period, self.threshold, self.gap = period, threshold, gap
-        self.samples: list[tuple[int, float]] = []
-        self._conn: Connection | None = None
-        self._proc: mp.process.BaseProcess | None = None
 
     def start(self) -> WalStallProbe:
-        ctx = mp.get_context("spawn")
-        self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_probe, daemon=True,
-                                 args=(child, self.url, self.period, self.threshold))
-        self._proc.start()
-        if not self._conn.poll(60) or self._conn.recv() != "ready":
-            raise RuntimeError("the WAL stall probe did not start")
+        self._start(_probe, self.url, self.period, self.threshold)
         return self
 
-    def _ask(self, order: str) -> None:
-        if self._conn is not None:
-            self._conn.send(order)
-            self.samples = self._conn.recv()
-
-    def stop(self) -> None:
-        self._ask("stop")
-        if self._proc is not None:
-            self._proc.join(10)
-        self._conn = self._proc = None
-
-    def since(self, start_ns: int, end_ns: int | None = None) -> Stalls:
-        """The WAL stalls that began in ``[start_ns, end_ns)`` (asks a running probe for
-        its samples so far)."""
-        self._ask("report")
-        stalls = merge(self.samples, int(self.gap * 1e9))
-        return window(stalls, start_ns, end_ns or time.monotonic_ns())
+    def stalls(self) -> list[tuple[int, float]]:
+        return merge(self.samples, int(self.gap * 1e9))

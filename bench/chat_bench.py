@@ -47,9 +47,8 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -64,46 +63,24 @@ sys.path.insert(0, str(ROOT / "bench"))
 import _httpload  # noqa: E402
 from _procstat import cpu_ticks, rss_kb  # noqa: E402
 from _procstat import tree as engine_pids  # noqa: E402
+from _receiver import Receiver, start_receiver  # noqa: E402
 from _stalls import StallProbe  # noqa: E402
 from _walstalls import WalStallProbe  # noqa: E402
 
 from tests.integration.chat.clients import AgentClient, WidgetClient  # noqa: E402
 from tests.integration.chat.conftest import T1001, chat_config  # noqa: E402
-from tests.integration.provisioning.harness import (  # noqa: E402
-    free_port,
-    make_backend,
-    start_engine,
-)
+from tests.integration.provisioning.harness import make_backend, start_engine  # noqa: E402
 
 AI_CONNECTOR_URL = "http://localhost:4084/athena/v1/agent-assist-chat/messages"
 
 
-class _Webhooks(BaseHTTPRequestHandler):
-    """The webhook receiver: reads each delivery and answers 200."""
-
-    received = 0
-
-    def do_POST(self) -> None:  # noqa: N802 - the handler's API
-        self.rfile.read(int(self.headers.get("content-length") or 0))
-        type(self).received += 1
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def start_receiver(config: Path) -> ThreadingHTTPServer:
-    """A receiver on a free port, named as the ai-connector target's URL in ``config``."""
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _Webhooks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+def point_webhooks(config: Path, receiver: ThreadingHTTPServer) -> None:
+    """The ai-connector webhook target of ``config`` at ``receiver``."""
     tenant = config / "tenants" / "t1001.yaml"
     text = tenant.read_text()
     assert AI_CONNECTOR_URL in text, "the sample config's webhook target moved"
     tenant.write_text(text.replace(
-        AI_CONNECTOR_URL, f"http://127.0.0.1:{server.server_port}/hooks"))
-    return server
+        AI_CONNECTOR_URL, f"http://127.0.0.1:{receiver.server_port}/hooks"))
 
 
 def slow_db_requests(metrics_url: str) -> dict[str, float]:
@@ -340,7 +317,8 @@ def main() -> int:
     backend = make_backend("pg", tmp, args.pg_url, args.redis_url, args.workers)
     try:
         config = chat_config(tmp)
-        receiver = start_receiver(config)
+        receiver = start_receiver()
+        point_webhooks(config, receiver)
         names = ["alice", "bob", *extra_agents(config, max(0, args.agents - 2))]
         engine = start_engine(tmp / "engine", backend, config,
                               extra_env={"NEXUS_LOG_FORMAT": "json",
@@ -353,7 +331,7 @@ def main() -> int:
                                                  names, args.senders, engine.proc.pid,
                                                  args.dump, args.warmup, backend.db_url,
                                                  engine.metrics))
-            report["relay"]["webhooks_received"] = _Webhooks.received
+            report["relay"]["webhooks_received"] = Receiver.received
             print(json.dumps(report["relay"]), flush=True)
             if args.sessions:
                 report["sessions"] = asyncio.run(

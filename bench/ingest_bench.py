@@ -48,10 +48,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -61,6 +59,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from _procstat import cpu_seconds  # noqa: E402
+from _receiver import Receiver, start_receiver  # noqa: E402
 from _stalls import StallProbe  # noqa: E402
 from _walstalls import WalStallProbe  # noqa: E402
 
@@ -190,29 +189,6 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int
             "errors": errors.group(1) if errors else "", "p50": pct("50"), "p99": pct("99")}
 
 
-class _Receiver(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    received = 0
-
-    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        if self.path.endswith("/hooks"):
-            type(self).received += 1
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def start_receiver() -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def wait_http(url: str, deadline: float = 60) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -289,9 +265,9 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
         # the new conversations' STARTED webhooks are delivered in the background: let them
         # drain first, so that the throughput phase measures messages, not that backlog
         start, deadline = time.perf_counter(), time.monotonic() + 180
-        while _Receiver.received < args.senders and time.monotonic() < deadline:
+        while Receiver.received < args.senders and time.monotonic() < deadline:
             time.sleep(0.2)
-        out["warm"]["webhooks"] = _Receiver.received
+        out["warm"]["webhooks"] = Receiver.received
         out["warm"]["drain"] = time.perf_counter() - start
     # throughput: enough unique bodies for a generous upper bound of the run
     count = max(20_000, args.max_rate * args.seconds)
@@ -303,7 +279,7 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
     cpu0 = cpu_seconds(pid)
     began = time.monotonic_ns()
     out["throughput"] = run_wrk(url, fast, args.seconds, args.connections, args.threads)
-    out["throughput"]["stalls"] = probe.late_between(began)
+    out["throughput"]["stalls"] = probe.since(began)
     out["throughput"]["wal"] = wal.since(began) if wal else None
     # the server's CPU per request: steadier than msg/s on a machine shared with the load
     out["throughput"]["cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / max(
@@ -313,7 +289,7 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
                 args.threads, args.rate, f"{tag}-p-{uuid.uuid4().hex[:6]}")
     began = time.monotonic_ns()
     out["latency"] = run_wrk(url, paced, args.seconds, args.rate_connections, args.threads)
-    out["latency"]["stalls"] = probe.late_between(began)
+    out["latency"]["stalls"] = probe.since(began)
     out["latency"]["wal"] = wal.since(began) if wal else None
     probe.stop()
     if wal is not None:
