@@ -434,10 +434,20 @@ def _add_listeners(app: Sanic, serve_metrics: bool) -> None:
         await stop_worker(app)
 
 
+async def warm_imports() -> None:
+    """Imports that would otherwise happen on the event loop at a worker's first use, once
+    it serves: httpx's first request (a webhook, a provider send) imports anyio's asyncio
+    backend, which held the loop for 12-15 ms in the chat benchmark."""
+    import anyio.lowlevel  # httpx's own dependency
+
+    await anyio.lowlevel.checkpoint()
+
+
 async def start_worker(app: Sanic) -> None:
     """Per worker, before it serves: logging, auth, config, store, cache, config applied."""
     settings: Settings = app.ctx.settings
     nexus_logging.configure_logging(settings.log_format)
+    await warm_imports()
     if os.environ.get("SANIC_WORKER_NAME") and hasattr(signal, "SIGHUP"):
         # A reload request that arrives before the handler is installed must not kill us.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
