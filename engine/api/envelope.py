@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 from sanic import HTTPResponse
 from sanic.response import json as json_response
 
+from engine.ids import uuid4
+
 
 def envelope(data: Any, operation_id: str | None = None) -> dict[str, Any]:
     return {
         "status": {"code": 0},
         "data": data,
-        "operationId": operation_id or str(uuid.uuid4()),
+        "operationId": operation_id or uuid4(),
     }
 
 

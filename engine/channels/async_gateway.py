@@ -57,15 +57,21 @@ from engine.channels.signing import signature_headers, verify_hub_signature
 from engine.config.model import AsyncChannel, Tenant
 
 _RECEIPT_STATUSES = {s.value.lower(): s for s in ReceiptStatus}
+_MESSAGE_TYPES = {str(t.value): t for t in (MessageType.TEXT, MessageType.RICH_MEDIA)}
 
 
-def _str(value: Any, field: str, *, required: bool = False) -> str | None:
+def _str(value: Any, where: str, name: str, *, required: bool = False) -> str | None:
+    """``value`` as text (a number is taken as its text). The field's name in an error is
+    ``<where>.<name>``, built only for the error: this runs for every field of every
+    inbound message."""
+    if value.__class__ is str and value:
+        return value  # the usual case, first
     if value is None or value == "":
         if required:
-            raise InboundInvalid(f"{field} is required", field)
+            raise InboundInvalid(f"{where}.{name} is required", f"{where}.{name}")
         return None
     if not isinstance(value, str | int | float) or isinstance(value, bool):
-        raise InboundInvalid(f"{field} must be a string", field)
+        raise InboundInvalid(f"{where}.{name} must be a string", f"{where}.{name}")
     return str(value)
 
 
@@ -162,26 +168,26 @@ class AsyncGatewayAdapter(ProviderAdapter):
             where = f"messages[{i}]"
             if not isinstance(item, dict):
                 raise InboundInvalid("each message must be an object", where)
-            message_id = _str(item.get("id"), f"{where}.id", required=True)
+            message_id = _str(item.get("id"), where, "id", required=True)
             assert message_id is not None
             channel = item.get("channel")
             if not isinstance(channel, dict):
                 raise InboundInvalid("channel is required", f"{where}.channel")
             sender = channel.get("from") if isinstance(channel.get("from"), dict) else {}
             to = channel.get("to") if isinstance(channel.get("to"), dict) else {}
-            to_id = _str(to.get("id"), f"{where}.channel.to.id", required=True)
+            to_id = _str(to.get("id"), where, "channel.to.id", required=True)
             assert to_id is not None
             kind = item.get("type")
             timestamp = parse_timestamp(item.get("timestamp"), f"{where}.timestamp")
             if kind == MessageType.RECEIPT:
-                raw_status = _str(item.get("status"), f"{where}.status", required=True)
+                raw_status = _str(item.get("status"), where, "status", required=True)
                 assert raw_status is not None
                 status = self.map_receipt(raw_status)
                 if status is None:
                     raise InboundInvalid(
                         "status must be Delivered, Failed or Read", f"{where}.status"
                     )
-                ref_id = _str(item.get("refId"), f"{where}.refId", required=True)
+                ref_id = _str(item.get("refId"), where, "refId", required=True)
                 assert ref_id is not None
                 out.append(
                     Receipt(
@@ -197,9 +203,9 @@ class AsyncGatewayAdapter(ProviderAdapter):
                 continue
             if kind not in (MessageType.TEXT, MessageType.RICH_MEDIA):
                 raise InboundInvalid("type must be Text, RichMedia or Receipt", f"{where}.type")
-            from_id = _str(sender.get("id"), f"{where}.channel.from.id", required=True)
+            from_id = _str(sender.get("id"), where, "channel.from.id", required=True)
             assert from_id is not None
-            text = _str(item.get("text"), f"{where}.text")
+            text = _str(item.get("text"), where, "text")
             media = _media(item.get("content"), i)
             if kind == MessageType.TEXT and text is None:
                 raise InboundInvalid("a Text message needs text", f"{where}.text")
@@ -212,13 +218,13 @@ class AsyncGatewayAdapter(ProviderAdapter):
                     channel_id=to_id,
                     sender=Address(
                         id=from_id,
-                        id_type=_str(sender.get("idType"), f"{where}.channel.from.idType"),
-                        first_name=_str(sender.get("firstName"), "firstName"),
-                        last_name=_str(sender.get("lastName"), "lastName"),
-                        nickname=_str(sender.get("nickname"), "nickname"),
+                        id_type=_str(sender.get("idType"), where, "channel.from.idType"),
+                        first_name=_str(sender.get("firstName"), where, "channel.from.firstName"),
+                        last_name=_str(sender.get("lastName"), where, "channel.from.lastName"),
+                        nickname=_str(sender.get("nickname"), where, "channel.from.nickname"),
                     ),
                     to=to_id,
-                    type=MessageType(kind),
+                    type=_MESSAGE_TYPES[kind],
                     text=text,
                     media=media,
                     timestamp=timestamp,

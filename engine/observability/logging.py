@@ -32,6 +32,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode
 
+from engine.ids import random_hex
+
 MASK = "***"
 ACCESS_LOGGER = "nexus.access"
 _TRACE_RE = re.compile(r"[0-9a-fA-F]{16}|[0-9a-fA-F]{32}")
@@ -101,30 +103,9 @@ def trace_id_from(header: str | None) -> str:
     return _random_trace_id()
 
 
-_TRACE_BYTES = 16
-_TRACE_POOL_SIZE = _TRACE_BYTES * 256
-_trace_pool = memoryview(b"")
-_trace_lock = threading.Lock()
-
-
 def _random_trace_id() -> str:
-    """16 bytes of ``os.urandom`` in hex, taken from a pool: one syscall per 256 trace ids."""
-    global _trace_pool
-    with _trace_lock:
-        if len(_trace_pool) < _TRACE_BYTES:
-            _trace_pool = memoryview(os.urandom(_TRACE_POOL_SIZE))
-        chunk, _trace_pool = _trace_pool[:_TRACE_BYTES], _trace_pool[_TRACE_BYTES:]
-    return chunk.hex()
-
-
-def _forget_trace_pool() -> None:
-    """In a forked child: its own ids (not the parent's next ones), and a lock nobody holds."""
-    global _trace_pool, _trace_lock
-    _trace_pool = memoryview(b"")
-    _trace_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_trace_pool)
+    """16 random bytes in hex (from the pooled ``os.urandom`` of :mod:`engine.ids`)."""
+    return random_hex(16)
 
 
 #: LogRecord attributes that are not "extra" fields.

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from engine.ids import uuid4
 from engine.routing.conversation_models import (
     Media,
     Message,
@@ -52,11 +52,17 @@ from engine.store.errors import Conflict, StoreError
 log = logging.getLogger("nexus.routing.batch")
 
 _CUSTOMER = str(ParticipantType.CUSTOMER)
+# the enum members by their stored value: a dict lookup, not an Enum call, per row
+_SEGMENT_STATES = {str(state.value): state for state in SegmentState}
+_MEDIA = {str(media.value): media for media in Media}
 
 #: at most this many messages per transaction
 MAX_BATCH = 256
-#: batches of one process committing at the same time (the next one fills meanwhile)
-MAX_INFLIGHT = 2
+#: batches of one process committing at the same time (the next one fills meanwhile). One:
+#: a second batch in flight only split the messages into smaller batches, each paying a
+#: round trip and a commit (ingest benchmark: 8 us less engine CPU and about 13 us less
+#: database CPU per message with one; the chat relay's p99 no worse)
+MAX_INFLIGHT = 1
 
 # One round trip: the function of migration v0006 finds, locks (in id order) and appends in
 # the call's own transaction; see engine/store/migrations/v0006_append_messages.py.
@@ -190,8 +196,10 @@ class AppendBatcher:
             task = asyncio.get_running_loop().create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        # the batch runs in its own task: a cancelled caller does not cancel the others'
-        return await asyncio.shield(request.future)
+        # The batch runs in its own task: a cancelled caller cancels only its own future,
+        # which the batch then skips (every result is set only on a future not done), so the
+        # others' answers are unaffected. No shield: it cost an extra future per message.
+        return await request.future
 
     async def close(self) -> None:
         """Wait for the batches in flight (at shutdown)."""
@@ -231,7 +239,8 @@ class AppendBatcher:
         if stored is None:
             self.declined += len(batch)
             for request in batch:
-                request.future.set_result(None)
+                if not request.future.done():
+                    request.future.set_result(None)
             return
         self.batches += 1
         self.appended += len(stored)
@@ -249,10 +258,11 @@ class AppendBatcher:
             found = results.get(id(request))
             if found is None:
                 self.declined += 1
-            request.future.set_result(found)
+            if not request.future.done():
+                request.future.set_result(found)
 
     async def _store(self, batch: list[_Request]) -> list[tuple[_Request, Appended]]:
-        ids = [str(uuid.uuid4()) for _ in batch]
+        ids = [uuid4() for _ in batch]
         now = from_epoch(self.clock())
         async with self.store.raw_connection() as conn:
             rows = await conn.fetch(
@@ -289,8 +299,8 @@ class AppendBatcher:
             segment = segments.get(segment_id)
             if segment is None:
                 segment = segments[segment_id] = OpenSegment(
-                    segment_id, request.tenant, conversation_id, SegmentState(state), agent,
-                    Media(media),
+                    segment_id, request.tenant, conversation_id, _SEGMENT_STATES[state], agent,
+                    _MEDIA[media],
                 )
             message = Message(
                 conversation_id, index, message_id, request.type, request.text, sender,

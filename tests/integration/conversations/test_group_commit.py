@@ -174,6 +174,7 @@ async def test_concurrent_customer_messages_are_grouped_and_gapless(
     assert service.batcher is not None
     if max_batch is not None:
         service.batcher.max_batch = max_batch
+        service.batcher.max_inflight = 2  # as two processes would
     convs = [await engine.session() for _ in range(5)]
     segment_ids = {c.id: await _open_segment_id(engine, c.id) for c in convs}
     before = _counters(service)
@@ -384,6 +385,7 @@ async def test_two_processes_append_concurrently_without_deadlock(
         for service in services:
             assert service.batcher is not None
             service.batcher.max_batch = 8  # many small batches, several in flight
+            service.batcher.max_inflight = 2
         before = [_counters(s) for s in services]
         chat_posts = [
             services[i % 2].post_customer_message(CCID, convs[i % 4].id, f"c{i}")
@@ -795,10 +797,12 @@ async def test_batches_of_different_shapes_do_not_deadlock(
 ) -> None:
     """Two batches in flight at once, one naming conversation 1 by id and conversation 0
     by its sender's address, the other the reverse: both take their row locks in id order,
-    so they wait for each other instead of deadlocking (no batch falls back)."""
+    so they wait for each other instead of deadlocking (no batch falls back). One process
+    commits one batch at a time; two in flight here stand for two engine processes."""
     service = engine.service
     assert service.batcher is not None
     service.batcher.max_batch = 2
+    service.batcher.max_inflight = 2
     (addr0, conv0), (addr1, conv1) = await _sms_conversations(engine, 2)
     initial = {c.id: len(await service.read_messages(CCID, c.id)) for c in (conv0, conv1)}
     conn = await asyncpg.connect(backend[0], timeout=10)
