@@ -1125,15 +1125,17 @@ class Router:
     async def sweep(self, tenant: str) -> None:
         """Rebuild the Redis indexes from the store (after a crash or a Redis restart)."""
         keys = self.keys(tenant)
-        rows = await self.store.fetch_all(_open_segments(tenant))
         expected: dict[tuple[str, str], set[str]] = {}
-        # in chunks: requests served by this process run between them (one pipeline of
-        # 20,000 async sessions held the event loop for seconds)
-        for start in range(0, len(rows), SWEEP_CHUNK):
-            plan = _Restore.of(rows[start : start + SWEEP_CHUNK])
-            for owner_media, ids in plan.loads.items():
-                expected.setdefault(owner_media, set()).update(ids)
-            await self.cache.call(lambda c, plan=plan: plan.write(c, keys))
+        # in chunks, read from a cursor as they are restored: requests served by this
+        # process run between them (one pipeline of 20,000 async sessions held the event
+        # loop for seconds; reading them all at once, 130-190 ms)
+        reading = self.store.iterate(_open_segments(tenant), chunk=SWEEP_CHUNK)
+        async with contextlib.aclosing(reading) as chunks:
+            async for rows in chunks:
+                plan = _Restore.of(rows)
+                for owner_media, ids in plan.loads.items():
+                    expected.setdefault(owner_media, set()).update(ids)
+                await self.cache.call(lambda c, plan=plan: plan.write(c, keys))
         await self._drop_stale_loads(tenant, expected)
         await self.kick(tenant)
 

@@ -28,7 +28,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from time import perf_counter
@@ -361,6 +361,61 @@ class Store:
     ) -> list[dict[str, Any]]:
         records = await self._run("fetch_all", query, values)
         return [self._as_dict(record) for record in records]
+
+    async def iterate(
+        self, query: Query, values: Mapping[str, Any] | None = None, *, chunk: int = 500
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The rows of ``query`` in lists of at most ``chunk``, read from a cursor as the
+        caller takes them, so that a large result never holds the event loop for long:
+        :meth:`fetch_all` decodes every row before it returns (20,000 open segments took
+        130-190 ms). The cursor lives in a read transaction of its own, open until the last
+        chunk is taken: close the iterator (``contextlib.aclosing``) when leaving early.
+        Inside a transaction the rows are read at once (in that transaction) and handed out
+        in chunks all the same."""
+        if chunk < 1:
+            raise ValueError("chunk must be at least 1")
+        metrics = self.metrics
+        metrics.request.inc()
+        start = perf_counter()
+        tx = self._active_tx()
+        try:
+            if tx is not None:
+                records = await tx.conn.fetch_all(query, values)
+                for first in range(0, len(records), chunk):
+                    yield [self._as_dict(r) for r in records[first : first + chunk]]
+            else:
+                if not self._db.is_connected:
+                    raise StoreUnavailable("the store is not connected")
+                conn = self._db.connection()
+                metrics.connect.inc()
+                try:
+                    async with conn, aclosing(self._chunks(conn, query, values, chunk)) as rows:
+                        async for part in rows:
+                            yield part
+                finally:
+                    metrics.disconnect.inc()
+        except StoreError:
+            raise
+        except Exception as exc:
+            metrics.error(error_code(exc))
+            raise translate_error(exc) from exc
+        metrics.success[_command_of(query)].inc()
+        metrics.duration["iterate"].observe((perf_counter() - start) * 1000.0)
+
+    async def _chunks(
+        self, conn: Connection, query: Query, values: Mapping[str, Any] | None, chunk: int
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        # every generator is closed explicitly: left to the garbage collector, the cursor
+        # and its transaction would stay open on the task's connection
+        rows: list[dict[str, Any]] = []
+        async with aclosing(conn.iterate(query, values)) as records:
+            async for record in records:
+                rows.append(self._as_dict(record))
+                if len(rows) >= chunk:
+                    yield rows
+                    rows = []
+        if rows:
+            yield rows
 
     async def fetch_val(self, query: Query, values: Mapping[str, Any] | None = None) -> Any:
         return await self._run("fetch_val", query, values)

@@ -61,7 +61,9 @@ REDIS_ERRORS = Counter("nexus_redis_errors", "The total number of Redis connecti
 #: SQL commands counted by ``nexus_db_success_total{command}``; anything else is "other".
 DB_COMMANDS = ("select", "insert", "update", "delete", "ddl", "transaction", "other")
 #: Values of ``nexus_db_request_duration_milliseconds{method}``.
-DB_METHODS = ("fetch_one", "fetch_all", "fetch_val", "execute", "execute_many", "transaction")
+DB_METHODS = (
+    "fetch_one", "fetch_all", "iterate", "fetch_val", "execute", "execute_many", "transaction"
+)
 
 
 class DbMetrics:
