@@ -18,7 +18,8 @@ _lock = threading.Lock()
 
 
 def random_bytes(count: int) -> bytes:
-    """``count`` (at most 4,096) bytes of ``os.urandom``, taken from the pool."""
+    """``count`` bytes of ``os.urandom``, taken from the pool (a count larger than the pool
+    gets a pool of its own size)."""
     global _pool
     with _lock:
         if len(_pool) < count:
