@@ -14,6 +14,7 @@ crosses the process boundary, so every worker builds its own store and cache.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 from sanic import Sanic
 from sanic.worker.loader import AppLoader
+from sanic.worker.manager import WorkerManager
 
 from engine.app import create_app, wiring_kwargs
 from engine.settings import Settings
@@ -89,6 +91,38 @@ def check_config(settings: Settings, wiring: str | None, err: TextIO) -> bool:
     return True
 
 
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def defer_shutdown_signals_until_workers_ack() -> None:
+    """Make Sanic's main process hold SIGINT/SIGTERM while it waits for its workers to come
+    up, then handle the first one as usual.
+
+    The wait asks the multiprocessing manager for the workers' states; a shutdown signal
+    handled in the middle of such a call makes its own calls on the same connection, and
+    the main process deadlocked there until SIGKILL (sanic-org/sanic#2997; seen with
+    ``make run`` stopped right after its first answer, and in Kubernetes a pod stopped
+    while it starts). Idempotent."""
+    if getattr(WorkerManager.wait_for_ack, "_nexus_deferred", False):
+        return
+    original = WorkerManager.wait_for_ack
+
+    def wait_for_ack(self: WorkerManager) -> None:
+        received: list[int] = []
+        previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum))
+                    for sig in _SHUTDOWN_SIGNALS}
+        try:
+            original(self)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if received:  # the workers are up: now the shutdown runs outside any manager call
+            self.shutdown_signal(received[0], None)
+
+    wait_for_ack._nexus_deferred = True  # type: ignore[attr-defined]
+    WorkerManager.wait_for_ack = wait_for_ack  # type: ignore[method-assign]
+
+
 def serve(
     settings: Settings,
     *,
@@ -108,5 +142,6 @@ def serve(
         motd=False,
     )
     print(banner(settings), file=out, flush=True)
+    defer_shutdown_signals_until_workers_ack()
     Sanic.serve(primary=app, app_loader=loader)
     return 0

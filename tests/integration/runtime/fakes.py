@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -78,3 +79,20 @@ def wiring(settings: Settings) -> Mapping[str, Any]:
         "user_directory": InMemoryUserDirectory.from_mapping(USERS),
         "config_loader": load_config,
     }
+
+
+class SlowStartStore(FakeStore):
+    """A store whose connect takes a while, and says when it began (a file): a test can
+    signal the main process while it waits for the workers to come up."""
+
+    async def connect(self) -> None:
+        marker = os.environ["NEXUS_TEST_START_MARKER"]
+        with open(f"{marker}.{os.getpid()}", "w"):
+            pass
+        await asyncio.sleep(float(os.environ.get("NEXUS_TEST_START_DELAY", "2")))
+        await super().connect()
+
+
+def slow_start_wiring(settings: Settings) -> Mapping[str, Any]:
+    """:func:`wiring` with a store that connects slowly (:class:`SlowStartStore`)."""
+    return {**wiring(settings), "store_factory": SlowStartStore}

@@ -1,0 +1,57 @@
+"""SIGTERM while the workers are still starting: the engine stops (no hang).
+
+Sanic's main process waits for every worker's acknowledgement through its multiprocessing
+manager; a shutdown signal handled in the middle of that wait deadlocked on the manager's
+connection (sanic-org/sanic#2997), and only SIGKILL ended the engine. engine/server.py
+defers SIGINT/SIGTERM until the workers are up, then shuts down as usual.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from tests.integration.runtime.test_serve import ROOT, RUN, _free_port
+
+
+def test_sigterm_while_workers_start_stops_the_engine(tmp_path) -> None:
+    config = tmp_path / "config"
+    config.mkdir()
+    marker = tmp_path / "starting"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NEXUS_", "PROMETHEUS_", "SANIC_"))}
+    env.update({
+        "NEXUS_VAR_DIR": str(tmp_path / "var"),
+        "NEXUS_REDIS_URL": "redis://127.0.0.1:6390",  # the fake cache never dials it
+        "NEXUS_LOG_FORMAT": "json",
+        "NEXUS_TEST_START_MARKER": str(marker),
+        "NEXUS_TEST_START_DELAY": "2",
+        "PYTHONPATH": str(ROOT),
+    })
+    out = (tmp_path / "out.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RUN, "serve", "--host", "127.0.0.1", "--port", str(_free_port()),
+         "--metrics-port", str(_free_port()), "--workers", "2", "--config", str(config),
+         "--wiring", "tests.integration.runtime.fakes:slow_start_wiring"],
+        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(glob.glob(f"{marker}.*")) < 2:  # both workers are connecting their store
+            assert proc.poll() is None, (tmp_path / "out.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        # a liveness bound, not a speed target: without the fix it waited for SIGKILL
+        assert proc.wait(timeout=45) == 0, (tmp_path / "out.log").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.close()
+    log = (tmp_path / "out.log").read_text()
+    assert "Received signal SIGTERM. Shutting down." in log
