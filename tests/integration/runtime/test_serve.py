@@ -90,29 +90,39 @@ def _wait(predicate, engine: Engine, what: str) -> None:
     pytest.fail(f"timed out waiting for {what}:\n{engine.logs()[-4000:]}")
 
 
+def serve_env(tmp: Path, **extra: str) -> dict[str, str]:
+    """The environment of a test engine in ``tmp``: none of the caller's NEXUS_/SANIC_
+    settings, the fake cache's URL, JSON logs, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("NEXUS_", "PROMETHEUS_", "SANIC_"))}
+    env.update({
+        "NEXUS_VAR_DIR": str(tmp / "var"),
+        "NEXUS_REDIS_URL": "redis://127.0.0.1:6390",  # the fake cache never dials it
+        "NEXUS_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+        **extra,
+    })
+    return env
+
+
+def serve_args(port: int, metrics_port: int, config: Path, wiring: str) -> list[str]:
+    """``nexus serve`` with 2 workers and ``wiring`` (a ``tests...fakes`` function)."""
+    return [sys.executable, "-c", RUN, "serve", "--host", "127.0.0.1", "--port", str(port),
+            "--metrics-port", str(metrics_port), "--workers", "2", "--config", str(config),
+            "--wiring", f"tests.integration.runtime.fakes:{wiring}"]
+
+
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Iterator[Engine]:
     tmp = tmp_path_factory.mktemp("serve")
     config = tmp / "config"
     config.mkdir()
     port, metrics_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NEXUS_", "PROMETHEUS_", "SANIC_"))}
-    env.update({
-        "NEXUS_VAR_DIR": str(tmp / "var"),
-        "NEXUS_REDIS_URL": "redis://127.0.0.1:6390",  # the fake cache never dials it
-        "NEXUS_BODY_LIMIT": "4096",
-        "NEXUS_LOG_FORMAT": "json",
-        "PYTHONPATH": str(ROOT),
-    })
+    env = serve_env(tmp, NEXUS_BODY_LIMIT="4096")
     stdout, stderr = tmp / "stdout.log", tmp / "stderr.log"
     with stdout.open("wb") as out, stderr.open("wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", RUN, "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--metrics-port", str(metrics_port), "--workers", "2", "--config", str(config),
-             "--wiring", "tests.integration.runtime.fakes:wiring"],
-            cwd=ROOT, env=env, stdout=out, stderr=err,
-        )
+        proc = subprocess.Popen(serve_args(port, metrics_port, config, "wiring"),
+                                cwd=ROOT, env=env, stdout=out, stderr=err)
     eng = Engine(proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics",
                  config, stdout, stderr)
     try:

@@ -9,34 +9,22 @@ defers SIGINT/SIGTERM until the workers are up, then shuts down as usual.
 from __future__ import annotations
 
 import glob
-import os
 import signal
 import subprocess
-import sys
 import time
 
-from tests.integration.runtime.test_serve import ROOT, RUN, _free_port
+from tests.integration.runtime.test_serve import ROOT, _free_port, serve_args, serve_env
 
 
 def test_sigterm_while_workers_start_stops_the_engine(tmp_path) -> None:
     config = tmp_path / "config"
     config.mkdir()
     marker = tmp_path / "starting"
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("NEXUS_", "PROMETHEUS_", "SANIC_"))}
-    env.update({
-        "NEXUS_VAR_DIR": str(tmp_path / "var"),
-        "NEXUS_REDIS_URL": "redis://127.0.0.1:6390",  # the fake cache never dials it
-        "NEXUS_LOG_FORMAT": "json",
-        "NEXUS_TEST_START_MARKER": str(marker),
-        "NEXUS_TEST_START_DELAY": "2",
-        "PYTHONPATH": str(ROOT),
-    })
+    env = serve_env(tmp_path, NEXUS_TEST_START_MARKER=str(marker),
+                    NEXUS_TEST_START_DELAY="2")
     out = (tmp_path / "out.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-c", RUN, "serve", "--host", "127.0.0.1", "--port", str(_free_port()),
-         "--metrics-port", str(_free_port()), "--workers", "2", "--config", str(config),
-         "--wiring", "tests.integration.runtime.fakes:slow_start_wiring"],
+        serve_args(_free_port(), _free_port(), config, "slow_start_wiring"),
         cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
     )
     try:
