@@ -3,7 +3,8 @@
 :func:`serve` builds the app once in the main process (for its main-process listeners: the
 metrics directory, the metrics server, SIGHUP forwarding), then ``Sanic.serve`` spawns
 ``settings.workers`` workers; each re-imports this module and calls :func:`build_app` with the
-same (pickled) settings and wiring path. Nothing here has side effects at import.
+same (pickled) settings and wiring path, and the API port's listening sockets: the main
+process binds one per worker (engine/listeners.py). Nothing here has side effects at import.
 
 Wiring: a ``"module:function"`` path of a callable ``(settings) -> mapping`` returning keyword
 arguments of :func:`engine.app.create_app` (``config_loader``, ``store_factory``,
@@ -13,10 +14,12 @@ crosses the process boundary, so every worker builds its own store and cache.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import signal
+import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, TextIO
 
@@ -24,6 +27,7 @@ from sanic import Sanic
 from sanic.worker.loader import AppLoader
 from sanic.worker.manager import WorkerManager
 
+from engine import listeners as api_listeners
 from engine.app import create_app, wiring_kwargs
 from engine.settings import Settings
 
@@ -42,11 +46,24 @@ def resolve_wiring(path: str | None) -> Wiring | None:
     return func
 
 
-def build_app(settings: Settings, wiring: str | None = None) -> Sanic:
-    """The app factory of the main process and of every worker."""
+def build_app(settings: Settings, wiring: str | None = None,
+              listeners: Sequence[socket.socket] = ()) -> Sanic:
+    """The app factory of the main process and of every worker. ``listeners``: the API
+    port's sockets, one per worker (engine/listeners.py), which a worker adopts before its
+    server starts."""
     func = resolve_wiring(wiring)
     kwargs = wiring_kwargs(func(settings) if func else None)
-    return create_app(settings, **kwargs)
+    app = create_app(settings, **kwargs)
+    if listeners and api_listeners.worker_index() is not None:
+        app.register_listener(partial(_adopt_listener, listeners=listeners),
+                              "before_server_start")
+    return app
+
+
+def _adopt_listener(app: Sanic, listeners: Sequence[socket.socket]) -> None:
+    index = api_listeners.adopt(app, listeners)
+    if index is not None:
+        api_listeners.log.debug("worker %d accepts on its own socket", index)
 
 
 def banner(settings: Settings) -> str:
@@ -132,11 +149,17 @@ def serve(
     out = out or sys.stderr
     if not check_config(settings, wiring, out):
         return 2
-    loader = AppLoader(factory=partial(build_app, settings, wiring))
+    try:
+        socks = api_listeners.bind_listeners(settings.host, settings.port, settings.workers)
+    except api_listeners.ListenError as exc:
+        print(f"nexus serve: {exc}", file=out)
+        return 2
+    if settings.port == 0:  # the port the kernel chose, for the banner and the workers
+        settings = dataclasses.replace(settings, port=socks[0].getsockname()[1])
+    loader = AppLoader(factory=partial(build_app, settings, wiring, socks))
     app = loader.load()
     app.prepare(
-        host=settings.host,
-        port=settings.port,
+        sock=socks[0],
         workers=settings.workers,
         access_log=False,
         motd=False,

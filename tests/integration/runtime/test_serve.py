@@ -218,6 +218,81 @@ def test_metrics_aggregate_both_workers(engine: Engine) -> None:
     assert list(directory.glob("counter_*.db"))
 
 
+def _children(pid: int) -> list[int]:
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _accepted_inodes(port: int) -> dict[int, int]:
+    """Client port -> inode of the engine's end of each connection to ``port`` (IPv4)."""
+    accepted = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, inode = fields[1], fields[2], int(fields[9])
+        if int(local.split(":")[1], 16) == port and inode:
+            accepted[int(remote.split(":")[1], 16)] = inode
+    return accepted
+
+
+def test_connections_are_spread_over_the_workers(engine: Engine) -> None:
+    # One listening socket per worker (SO_REUSEPORT): the kernel hashes each connection
+    # to one, rather than the first worker awake taking most of them.
+    port = int(engine.api.rsplit(":", 1)[1])
+    clients = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+    try:
+        for client in clients:  # answered, so each is accepted by a worker
+            client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert client.recv(65536).startswith(b"HTTP/1.1 200")
+            engine.requests += 1
+        accepted = _accepted_inodes(port)
+        owners: dict[int, int] = {}
+        for pid in _children(engine.proc.pid):
+            for inode in _socket_inodes(pid):
+                owners[inode] = pid
+        per_worker: dict[int, int] = {}
+        for client in clients:
+            pid = owners[accepted[client.getsockname()[1]]]
+            per_worker[pid] = per_worker.get(pid, 0) + 1
+    finally:
+        for client in clients:
+            client.close()
+    assert len(per_worker) == 2, per_worker
+    # a fair hash puts fewer than 6 of 40 on one side about once in 10 million runs
+    assert min(per_worker.values()) >= 6, per_worker
+
+
+def test_a_port_in_use_is_refused_clearly(engine: Engine, tmp_path) -> None:
+    port = int(engine.api.rsplit(":", 1)[1])  # the module's engine listens on it
+    config = tmp_path / "config"
+    config.mkdir()
+    result = subprocess.run(serve_args(port, _free_port(), config, "wiring"), cwd=ROOT,
+                            env=serve_env(tmp_path), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"nexus serve: cannot listen on 127.0.0.1:{port}: Address already in use" \
+        in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_sighup_reload(engine: Engine) -> None:
     broken = engine.config / "broken"
     broken.write_text("x")
