@@ -121,8 +121,8 @@ def adopt(app: Any, listeners: Sequence[socket.socket]) -> int | None:
             adopted = index % len(listeners)
     finally:
         for sock in listeners:
-            # Sanic's socket may arrive as one of these very objects (one pickle)
-            if sock is not target and (target is None or sock.fileno() != target.fileno()):
+            # Sanic's socket may arrive as one of these very objects (one pickle): kept
+            if target is None or sock.fileno() != target.fileno():
                 sock.close()
     return adopted
 
