@@ -34,6 +34,22 @@ def cpu_seconds(pid: int) -> float:
     return sum(cpu_ticks(tree(pid)).values()) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_seconds_named(prefix: str) -> float:
+    """CPU seconds used so far by every process whose name starts with ``prefix`` (e.g. the
+    PostgreSQL server's processes: ``postgres``)."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        name, _, rest = text.partition("(")[2].rpartition(")")
+        if name.startswith(prefix):
+            fields = rest.split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kb(pid: int) -> int:
     """Summed VmRSS of ``pid`` and its children."""
     total = 0

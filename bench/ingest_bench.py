@@ -27,7 +27,9 @@ conversations/s. Then ``wrk`` with a Lua script. wrk's Lua has no HMAC, so N sig
    schedule (each thread's next request is due one interval after its previous one, whatever
    the latency, as long as a connection is free): the achieved rate, p50/p99.
 
-Afterwards the engine's database is counted: every 200 must be a stored message. Each phase
+Afterwards the engine's database is counted: every 200 must be a stored message. The engine's
+throughput phase also reports PostgreSQL's CPU per message (all ``postgres`` processes of the
+machine, this run's probe included) and about how many messages each commit carried. Each phase
 also reports the machine's scheduling stalls (bench/_stalls.py: wake-ups more than 10 ms
 late) and, for the engine, the database's slow WAL flushes (bench/_walstalls.py), which tell
 a slow machine or disk from slow code.
@@ -58,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _procstat import cpu_seconds  # noqa: E402
+from _procstat import cpu_seconds, cpu_seconds_named  # noqa: E402
 from _receiver import Receiver, start_receiver  # noqa: E402
 from _stalls import StallProbe  # noqa: E402
 from _walstalls import WalStallProbe  # noqa: E402
@@ -189,6 +191,15 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int, threads: int
             "errors": errors.group(1) if errors else "", "p50": pct("50"), "p99": pct("99")}
 
 
+def db_commits(db_url: str) -> int:
+    """Transactions committed in ``db_url``'s database so far (``pg_stat_database``; each
+    backend reports its counts about once a second, so a phase's count is close, not exact)."""
+    return int(subprocess.run(
+        ["psql", db_url, "-tAc",
+         "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"],
+        capture_output=True, text=True, check=True).stdout.strip())
+
+
 def wait_http(url: str, deadline: float = 60) -> None:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -276,14 +287,20 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
                 f"{tag}-f-{uuid.uuid4().hex[:6]}")
     probe = StallProbe().start()
     wal = WalStallProbe(db_url).start() if db_url else None
-    cpu0 = cpu_seconds(pid)
+    cpu0, pg0 = cpu_seconds(pid), cpu_seconds_named("postgres")
+    commits0 = db_commits(db_url) if db_url else 0
     began = time.monotonic_ns()
-    out["throughput"] = run_wrk(url, fast, args.seconds, args.connections, args.threads)
-    out["throughput"]["stalls"] = probe.since(began)
-    out["throughput"]["wal"] = wal.since(began) if wal else None
+    out["throughput"] = t = run_wrk(url, fast, args.seconds, args.connections, args.threads)
+    t["stalls"] = probe.since(began)
+    t["wal"] = wal.since(began) if wal else None
     # the server's CPU per request: steadier than msg/s on a machine shared with the load
-    out["throughput"]["cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / max(
-        1, out["throughput"]["total"])
+    answered = max(1, t["total"])
+    t["cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / answered
+    if db_url:
+        # the database's share, and how many messages each group commit carried: PostgreSQL
+        # pays about 200 us of CPU per commit whatever its size (issue #6's notes)
+        t["pg_cpu_us"] = 1e6 * (cpu_seconds_named("postgres") - pg0) / answered
+        t["commits"] = db_commits(db_url) - commits0
     paced = tmp / f"{tag}-paced.lua"
     make_script(paced, secret, max(4_000, args.rate * args.seconds * 11 // 10), args.senders,
                 args.threads, args.rate, f"{tag}-p-{uuid.uuid4().hex[:6]}")
@@ -392,6 +409,11 @@ def main() -> None:
               f"{lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms  non-2xx {lat['non2xx']}")
         print(f"{name:6s} machine: throughput phase {t['stalls']}; paced phase "
               f"{lat['stalls']}")
+        if "pg_cpu_us" in t:
+            per_commit = t["total"] / t["commits"] if t["commits"] > 0 else float("nan")
+            print(f"{name:6s} database in the throughput phase: PostgreSQL CPU "
+                  f"{t['pg_cpu_us']:.0f} us/msg, about {per_commit:.1f} msg per commit "
+                  f"({t['commits']} commits)")
         if t["wal"] is not None:
             print(f"{name:6s} database WAL flushes of 20 ms or more: throughput phase "
                   f"{t['wal'].count} (longest {t['wal'].max_ms:.0f} ms); paced phase "
