@@ -14,8 +14,10 @@ crosses the process boundary, so every worker builds its own store and cache.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
+import logging
 import signal
 import socket
 import sys
@@ -32,6 +34,8 @@ from engine.app import create_app, wiring_kwargs
 from engine.settings import Settings
 
 Wiring = Callable[[Settings], Mapping[str, Any]]
+
+log = logging.getLogger("nexus.server")
 
 
 def resolve_wiring(path: str | None) -> Wiring | None:
@@ -54,10 +58,48 @@ def build_app(settings: Settings, wiring: str | None = None,
     func = resolve_wiring(wiring)
     kwargs = wiring_kwargs(func(settings) if func else None)
     app = create_app(settings, **kwargs)
-    if listeners and api_listeners.worker_index() is not None:
-        app.register_listener(partial(_adopt_listener, listeners=listeners),
-                              "before_server_start")
+    if api_listeners.worker_index() is not None:
+        if listeners:
+            app.register_listener(partial(_adopt_listener, listeners=listeners),
+                                  "before_server_start")
+        app.register_listener(_hold_stops_while_starting, "after_server_start",
+                              priority=_HOLD_PRIORITY)
     return app
+
+
+#: a worker's after-start steps run with stop signals held (:func:`_hold_stops_while_starting`)
+_HOLD_PRIORITY = 1_000_000
+
+
+def _hold_stops_while_starting(app: Sanic) -> None:
+    """The first after-start step of a worker: hold SIGINT/SIGTERM until it serves.
+
+    The main process stops a worker with SIGINT once the worker has acknowledged, which is
+    before the worker's after-start steps (freezing the heap, starting the messaging loops).
+    Sanic's handler stops the event loop, and inside its start-up ``run_until_complete``
+    that either ended the worker with "Event loop stopped before Future completed" (no
+    shutdown steps run) or was swallowed, and the worker served on until the main process
+    gave up 10 s later (``make run`` stopped a second after it started). Now a signal
+    in that window is noted, and once Sanic has finished starting (``state.is_running``)
+    its own handler is back and the noted stop runs as a normal graceful stop."""
+    loop = asyncio.get_running_loop()
+    held: list[int] = []
+    for sig in _SHUTDOWN_SIGNALS:
+        loop.add_signal_handler(sig, held.append, sig)
+    loop.create_task(_release_stops_when_serving(app, held))
+
+
+async def _release_stops_when_serving(app: Sanic, held: list[int]) -> None:
+    while not app.state.is_running:  # set right before the worker's run_forever
+        await asyncio.sleep(0.01)
+    loop = asyncio.get_running_loop()
+    stop = partial(app.stop, terminate=False)
+    for sig in _SHUTDOWN_SIGNALS:  # as sanic.server.runners._setup_system_signals does
+        loop.add_signal_handler(sig, stop)
+    if held:
+        log.info("%s arrived while this worker was starting: stopping",
+                 signal.Signals(held[0]).name)
+        stop()
 
 
 def _adopt_listener(app: Sanic, listeners: Sequence[socket.socket]) -> None:

@@ -96,3 +96,18 @@ class SlowStartStore(FakeStore):
 def slow_start_wiring(settings: Settings) -> Mapping[str, Any]:
     """:func:`wiring` with a store that connects slowly (:class:`SlowStartStore`)."""
     return {**wiring(settings), "store_factory": SlowStartStore}
+
+
+def _slow_after_start(app: Any) -> None:
+    @app.after_server_start
+    async def finishing(app: Any) -> None:
+        marker = os.environ["NEXUS_TEST_START_MARKER"]
+        with open(f"{marker}.{os.getpid()}", "w"):
+            pass
+        await asyncio.sleep(float(os.environ.get("NEXUS_TEST_START_DELAY", "2")))
+
+
+def slow_after_start_wiring(settings: Settings) -> Mapping[str, Any]:
+    """:func:`wiring` whose workers take a while after acknowledging (an after-start step
+    that says when it began, in a file): a test can stop the engine in that window."""
+    return {**wiring(settings), "setup": [_slow_after_start]}
