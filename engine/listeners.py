@@ -10,7 +10,9 @@ each new connection to one of them (as nginx's ``reuseport`` does).
 The main process binds them all before any worker starts, so a connection made while the
 workers start waits in a backlog as before, and a port taken by another program (including
 another Nexus) fails at once with a clear message. Each worker then puts its own socket
-under the file descriptor Sanic listens on (:func:`adopt`). Where the kernel has no
+under the file descriptor Sanic listens on (:func:`adopt`), and once all have, the main
+process closes its copies (:func:`release`): a worker that dies takes its socket along, and
+the kernel hands new connections to the others. Where the kernel has no
 ``SO_REUSEPORT``, or with one worker, it is Sanic's single shared socket, as before.
 """
 
@@ -133,3 +135,12 @@ def _sanic_socket(app: Any) -> socket.socket | None:
         if isinstance(sock, socket.socket) and sock.fileno() >= 0:
             return sock
     return None
+
+
+def release(listeners: Sequence[socket.socket]) -> None:
+    """The main process's copies of the workers' sockets, closed once every worker has
+    adopted its own: a socket then lives exactly as long as its worker."""
+    for sock in listeners:
+        sock.close()
+    log.info("each of the %d workers holds the only copy of its socket on the API port",
+             len(listeners))

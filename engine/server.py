@@ -153,9 +153,14 @@ def check_config(settings: Settings, wiring: str | None, err: TextIO) -> bool:
 _SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+#: run once in the main process when every worker has acknowledged (see below)
+_after_workers_ack: list[Callable[[], None]] = []
+
+
 def defer_shutdown_signals_until_workers_ack() -> None:
     """Make Sanic's main process hold SIGINT/SIGTERM while it waits for its workers to come
-    up, then handle the first one as usual.
+    up, then handle the first one as usual; then run (once) what ``_after_workers_ack``
+    holds.
 
     The wait asks the multiprocessing manager for the workers' states; a shutdown signal
     handled in the middle of such a call makes its own calls on the same connection, and
@@ -175,6 +180,8 @@ def defer_shutdown_signals_until_workers_ack() -> None:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+        while _after_workers_ack:
+            _after_workers_ack.pop(0)()
         if received:  # the workers are up: now the shutdown runs outside any manager call
             self.shutdown_signal(received[0], None)
 
@@ -207,6 +214,12 @@ def serve(
         motd=False,
     )
     print(banner(settings), file=out, flush=True)
+    if len(socks) > 1:
+        # Each worker has its own socket now (adopted before it acknowledged). Without the
+        # main process's copies, a worker that dies takes its socket with it and the kernel
+        # hands new connections to the others, instead of queueing them where nobody
+        # accepts (Sanic does not restart a dead worker).
+        _after_workers_ack.append(partial(api_listeners.release, socks))
     defer_shutdown_signals_until_workers_ack()
     Sanic.serve(primary=app, app_loader=loader)
     return 0
