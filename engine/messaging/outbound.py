@@ -182,6 +182,10 @@ def lease_seconds(policy: RetryPolicy) -> float:
     return policy.max_attempts * policy.timeout + waits + 30.0
 
 
+class _Stopping(Exception):
+    """The service stops while a send waits to retry: the reply goes back to the queue."""
+
+
 class _Executor:
     """Carries out the undelivered strategy's actions for one message."""
 
@@ -452,7 +456,12 @@ class OutboundService:
                          row.id, attempt, error, delay)
 
             result = await send_with_retry(lambda _n: adapter.send(message, ctx), policy,
-                                           rng=self.rng, on_retry=on_retry)
+                                           sleep=self._backoff, rng=self.rng,
+                                           on_retry=on_retry)
+        except _Stopping:
+            # run_once releases the claim: queued again, for another process or the next start
+            log.info("send of %s: stopping before its next attempt; back in the queue", row.id)
+            return
         except SendError as exc:
             log.warning("reply %s to %s undeliverable: %s", row.id, row.to_address, exc)
             if await q.finish(self.store, row.id, token, status=q.UNDELIVERED,
@@ -461,6 +470,18 @@ class OutboundService:
                 await self.undeliverable(row.id, row.tenant)
             return
         await self._sent(row, token, result)
+
+    async def _backoff(self, delay: float) -> None:
+        """The wait before a retry. A stop ends it (:class:`_Stopping`): a worker that stops
+        does not sit out backoffs of up to a minute (it used to, until Sanic's graceful
+        shutdown timeout destroyed the task); the attempt in flight, if any, still ends
+        first."""
+        if not self._stopping.is_set():
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay)
+            except TimeoutError:
+                return
+        raise _Stopping
 
     async def _sent(self, row: q.OutboundRow, token: str, result: SendResult) -> bool:
         now = q.utcnow()
