@@ -46,7 +46,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -211,15 +210,6 @@ def wait_http(url: str, deadline: float = 60) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def signed_body(secret: str, message_id: str, sender: int) -> tuple[bytes, str]:
     body = json.dumps({"messages": [{
         "id": message_id, "type": "Text", "text": f"hello from {sender}",
@@ -341,6 +331,7 @@ def main() -> None:
         free_port,
         make_backend,
         serve_command,
+        stop_process,
     )
 
     tmp = Path(tempfile.mkdtemp(prefix="nexus-ingest-bench-"))
@@ -367,7 +358,7 @@ def main() -> None:
             results["engine"] = measure(port, secrets["T1001_ASYNC_API_SECRET"], args, tmp,
                                         "engine", engine.pid, backend.db_url)
         finally:
-            stop(engine)
+            stop_process(engine)
         stored = subprocess.run(
             ["psql", backend.db_url, "-tAc",
              "SELECT count(*) FROM messages WHERE provider_message_id IS NOT NULL"],
@@ -385,7 +376,7 @@ def main() -> None:
             time.sleep(2)
             results["bare"] = measure(bare_port, "x", args, tmp, "bare", bare.pid)
         finally:
-            stop(bare)
+            stop_process(bare)
     finally:
         backend.close()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -121,6 +121,7 @@ def adopt(app: Any, listeners: Sequence[socket.socket]) -> int | None:
             if own.fileno() != target.fileno():
                 os.dup2(own.fileno(), target.fileno())
             adopted = index % len(listeners)
+            log.debug("worker %d accepts on its own socket", adopted)
     finally:
         for sock in listeners:
             # Sanic's socket may arrive as one of these very objects (one pickle): kept

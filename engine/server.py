@@ -60,7 +60,7 @@ def build_app(settings: Settings, wiring: str | None = None,
     app = create_app(settings, **kwargs)
     if api_listeners.worker_index() is not None:
         if listeners:
-            app.register_listener(partial(_adopt_listener, listeners=listeners),
+            app.register_listener(partial(api_listeners.adopt, listeners=listeners),
                                   "before_server_start")
         app.register_listener(_hold_stops_while_starting, "after_server_start",
                               priority=_HOLD_PRIORITY)
@@ -100,12 +100,6 @@ async def _release_stops_when_serving(app: Sanic, held: list[int]) -> None:
         log.info("%s arrived while this worker was starting: stopping",
                  signal.Signals(held[0]).name)
         stop()
-
-
-def _adopt_listener(app: Sanic, listeners: Sequence[socket.socket]) -> None:
-    index = api_listeners.adopt(app, listeners)
-    if index is not None:
-        api_listeners.log.debug("worker %d accepts on its own socket", index)
 
 
 def banner(settings: Settings) -> str:

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.observability.metrics import GUIDE_METRICS
 from engine.settings import SHARED_MEMORY, default_multiproc_dir
+from tests.integration.provisioning.harness import stop_process
 
 ROOT = Path(__file__).resolve().parents[3]
 RUN = (
@@ -112,17 +113,6 @@ def serve_args(port: int, metrics_port: int, config: Path, wiring: str) -> list[
             "--wiring", f"tests.integration.runtime.fakes:{wiring}"]
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, as a deployment stops the engine; SIGKILL if it is still there 30 s later."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory) -> Iterator[Engine]:
     tmp = tmp_path_factory.mktemp("serve")
@@ -141,7 +131,7 @@ def engine(tmp_path_factory) -> Iterator[Engine]:
         _wait(lambda: httpx.get(eng.metrics, timeout=5).status_code == 200, eng, "metrics")
         yield eng
     finally:
-        stop(proc)
+        stop_process(proc)
 
 
 def test_banner_and_generated_secret(engine: Engine) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.integration.provisioning.harness import stop_process
 from tests.integration.runtime.test_serve import (
     ROOT,
     _children,
@@ -21,7 +22,6 @@ from tests.integration.runtime.test_serve import (
     _socket_inodes,
     serve_args,
     serve_env,
-    stop,
 )
 
 RELEASED = "each of the 2 workers holds the only copy of its socket on the API port"
@@ -75,4 +75,4 @@ def test_new_connections_skip_a_dead_worker(tmp_path) -> None:
         for _ in range(30):
             assert _get_health(port).startswith(b"HTTP/1.1 200")
     finally:
-        stop(proc)
+        stop_process(proc)
