@@ -131,9 +131,10 @@ def resolve(ref: str, env: Mapping[str, str] | None = None) -> str:
     for part in ref.parts:
         out.append(ref[pos : part.start])
         if part.kind == "env":
-            if part.target not in env:
+            value = env.get(part.target)  # one lookup: os.environ encodes the name each time
+            if value is None:
                 raise RefError(f"environment variable '{part.target}' is not set", unset=True)
-            out.append(env[part.target])
+            out.append(value)
         else:
             path = Path(part.target)
             if not path.is_absolute():

@@ -63,6 +63,16 @@ MAX_BATCH = 256
 #: round trip and a commit (ingest benchmark: 8 us less engine CPU and about 13 us less
 #: database CPU per message with one; the chat relay's p99 no worse)
 MAX_INFLIGHT = 1
+#: Under load a batch first waits this long for more messages: when the batch before it
+#: carried at least LINGER_FROM messages (the process is busy) and fewer than LINGER_TARGET
+#: wait. The database pays about 200 us of CPU per commit whatever its size, and the engine
+#: a round trip per batch, so under load fewer, bigger commits leave more CPU for the
+#: requests (ingest benchmark: about 11 -> 16 messages per commit, 10 us less engine CPU and
+#: 10 us less database CPU per message); at a light load (batches of a few messages, the
+#: chat relay) nothing waits.
+LINGER = 0.001
+LINGER_FROM = 8
+LINGER_TARGET = 32
 
 # One round trip: the function of migration v0006 finds, locks (in id order) and appends in
 # the call's own transaction; see engine/store/migrations/v0006_append_messages.py.
@@ -137,6 +147,9 @@ class AppendBatcher:
         *,
         max_batch: int = MAX_BATCH,
         max_inflight: int = MAX_INFLIGHT,
+        linger: float = LINGER,
+        linger_from: int = LINGER_FROM,
+        linger_target: int = LINGER_TARGET,
     ) -> None:
         if store.dialect != "postgresql":
             raise ValueError("group commit needs PostgreSQL")
@@ -145,8 +158,12 @@ class AppendBatcher:
         self.clock = clock
         self.max_batch = max_batch
         self.max_inflight = max_inflight
+        self.linger = linger
+        self.linger_from = linger_from
+        self.linger_target = linger_target
         self._pending: list[_Request] = []
         self._running = 0
+        self._last_size = 0  # messages in the batch taken last: is the process busy?
         self._tasks: set[asyncio.Task[None]] = set()
         #: counters for tests and the benchmark: batches committed, messages in them,
         #: messages handed back to the general path
@@ -211,8 +228,15 @@ class AppendBatcher:
     async def _drain(self) -> None:
         try:
             while self._pending:
+                if (
+                    self.linger > 0
+                    and self._last_size >= self.linger_from
+                    and len(self._pending) < self.linger_target
+                ):
+                    await self._linger()
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
+                self._last_size = len(batch)
                 try:
                     await self._flush(batch)
                 except Exception as exc:  # noqa: BLE001 - every waiter gets the error
@@ -226,6 +250,15 @@ class AppendBatcher:
                     raise
         finally:
             self._running -= 1
+
+    async def _linger(self) -> None:
+        try:
+            await asyncio.sleep(self.linger)
+        except BaseException:  # cancelled (shutdown): so are the waiters
+            for request in self._pending:
+                request.future.cancel()
+            self._pending.clear()
+            raise
 
     async def _flush(self, batch: list[_Request]) -> None:
         try:
