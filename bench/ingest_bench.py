@@ -281,6 +281,9 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
     commits0 = db_commits(db_url) if db_url else 0
     began = time.monotonic_ns()
     out["throughput"] = t = run_wrk(url, fast, args.seconds, args.connections, args.threads)
+    # each wrk thread walks its own slice of the pool and wraps around at its end: past that,
+    # ids repeat (answered as duplicates, stored once) and the durable count means nothing
+    t["pool"] = count // args.threads * args.threads
     t["stalls"] = probe.since(began)
     t["wal"] = wal.since(began) if wal else None
     # the server's CPU per request: steadier than msg/s on a machine shared with the load
@@ -318,8 +321,9 @@ def main() -> None:
                         help="offered msg/s of the latency phase (paced)")
     parser.add_argument("--rate-connections", type=int, default=200,
                         help="connections of the latency phase (enough to stay open-loop)")
-    parser.add_argument("--max-rate", type=int, default=8000,
-                        help="upper bound of msg/s used to size the unique-id pool")
+    parser.add_argument("--max-rate", type=int, default=16000,
+                        help="upper bound of msg/s used to size the unique-id pool (a run "
+                        "that sends more than the pool repeats ids, and says so)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (apt-get install wrk)")
@@ -412,6 +416,10 @@ def main() -> None:
     print(f"ratio engine/bare {e['throughput']['rate'] / b['throughput']['rate']:.3f}")
     print(f"durable: {stored} stored messages for {accepted} accepted requests "
           f"({conversations} conversations)")
+    if e["throughput"]["total"] > e["throughput"]["pool"] * 0.8:
+        print(f"warning: {e['throughput']['total']} requests over a pool of "
+              f"{e['throughput']['pool']} unique ids: a wrk thread may have wrapped around "
+              f"and repeated ids; rerun with a larger --max-rate")
 
 if __name__ == "__main__":
     main()

@@ -32,6 +32,7 @@ UcsClient` instead (see :class:`Contacts`).
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from collections.abc import Callable
@@ -80,6 +81,11 @@ def normalize_phone(raw: str | None, default_country: str = "1") -> str | None:
     """E.164 form of a phone number; None for None/blank; :class:`InvalidContact` if bad."""
     if raw is None:
         return None
+    return _normalize_phone(raw, default_country)
+
+
+@functools.lru_cache(maxsize=8192)  # every inbound SMS normalises its sender: most repeat
+def _normalize_phone(raw: str, default_country: str) -> str | None:
     value = _PHONE_STRIP_RE.sub("", raw.strip())
     if not value:
         return None

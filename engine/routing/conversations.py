@@ -138,6 +138,8 @@ class ConversationService:
             else None
         )
         self.poll_interval = poll_interval
+        #: (model, {(tenant, channel id): (channel, endpoint)}): see _chat_channel
+        self._chat_channels: tuple[Any, dict[tuple[str, str], tuple[Any, Any]]] = (None, {})
         self.default_endpoint = default_endpoint
 
     async def close(self) -> None:
@@ -295,7 +297,22 @@ class ConversationService:
             return raw
 
     def _chat_channel(self, tenant: str, channel_id: str) -> tuple[Any, Any]:
-        """``(channel, endpoint)`` of a chat channel of the tenant, or the typed error."""
+        """``(channel, endpoint)`` of a chat channel of the tenant, or the typed error.
+
+        Every inbound message asks this: the answer is kept per model (a reload builds a new
+        one), and only a valid pair is kept (an error is worked out again each time)."""
+        model = self.model
+        if self._chat_channels[0] is not model:
+            self._chat_channels = (model, {})
+        known = self._chat_channels[1].get((tenant, channel_id))
+        if known is not None:
+            return known
+        found = self._find_chat_channel(tenant, channel_id)
+        if len(self._chat_channels[1]) < 4096:  # pairs come from config: a small set
+            self._chat_channels[1][(tenant, channel_id)] = found
+        return found
+
+    def _find_chat_channel(self, tenant: str, channel_id: str) -> tuple[Any, Any]:
         config = self.tenant_config(tenant)
         channel = self.model.channel(channel_id)
         if (

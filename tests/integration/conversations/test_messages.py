@@ -4,6 +4,7 @@ and files, on SQLite + memory:// and PostgreSQL + Redis."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from engine.routing.conversation_models import (
     ConversationClosed,
     FilePolicy,
     FileTooLarge,
+    InvalidChannel,
     InvalidContactCenter,
     InvalidEndpoint,
     InvalidFileType,
@@ -310,3 +312,31 @@ async def test_post_inbound_mark_is_written_with_the_publish(engine: Engine) -> 
     )
     assert not created and again.id == message.id
     assert await engine.cache.get("inb:test:pm-mark") is None
+
+
+async def test_inbound_sms_follows_a_reloaded_model(engine: Engine) -> None:
+    """The service keeps each channel's (channel, endpoint) per model: a reload (a new model
+    object) is seen by the very next message."""
+    service = engine.service
+    message, created = await service.post_inbound(CCID, SMS_CHANNEL, "+16505550170", "one")
+    assert created and message.conversation_id
+    model = service.model
+    without_channel = dataclasses.replace(
+        model, channels=tuple(c for c in model.channels if c.channel_id != SMS_CHANNEL)
+    )
+    disabled = dataclasses.replace(
+        model,
+        tenants=tuple(dataclasses.replace(t, enabled=False) if t.ccid == CCID else t
+                      for t in model.tenants),
+    )
+    try:
+        service._model = without_channel
+        with pytest.raises(InvalidChannel):
+            await service.post_inbound(CCID, SMS_CHANNEL, "+16505550170", "two")
+        service._model = disabled
+        with pytest.raises(InvalidContactCenter):
+            await service.post_inbound(CCID, SMS_CHANNEL, "+16505550170", "three")
+    finally:
+        service._model = model
+    again, created = await service.post_inbound(CCID, SMS_CHANNEL, "+16505550170", "four")
+    assert created and again.conversation_id == message.conversation_id
