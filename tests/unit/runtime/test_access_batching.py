@@ -246,3 +246,56 @@ def test_a_forked_child_neither_repeats_lines_nor_trace_ids(writes, access_buffe
     assert set(childs_ids).isdisjoint(parents_next) and len(childs_ids) == 3
     access_buffer.flush()
     assert writes == [_line(1) + _line(2)]  # the parent's lines, once
+
+
+def _fields(i: int) -> nexus_log.AccessFields:
+    """A line kept as fields, formatted by the JSON access formatter."""
+    return (nexus_log._json_access_tuple, 1_700_000_000.0 + i, f"{i:032x}", "POST", "route",
+            f"/p/{i}", 200, 0.001, "127.0.0.1")
+
+
+async def test_fields_are_formatted_in_order_with_the_lines_added_between(writes) -> None:
+    buffer = nexus_log.AccessLineBuffer(delay=3600, write=writes.append, fields_limit=4)
+    buffer.add_fields(_fields(0))
+    buffer.add_fields(_fields(1))
+    assert buffer._lines == [] and len(buffer._fields) == 2  # kept as fields for now
+    buffer.add(_line(99))  # a formatted line: the fields before it are formatted first
+    for i in range(2, 9):
+        buffer.add_fields(_fields(i))
+    assert len(buffer._fields) == 3  # formatted four at a time: 2-5, then 6-8 wait
+    buffer.flush()
+    lines = "".join(writes).splitlines()
+    assert json.loads(lines[2]) == json.loads(_line(99))
+    ids = [int(json.loads(line)["trace_id"], 16) for k, line in enumerate(lines) if k != 2]
+    assert ids == list(range(9))
+    first = json.loads(lines[0])
+    assert first["ts"] == "2023-11-14T22:13:20.000Z" and first["duration_ms"] == 1.0
+    assert first["path"] == "/p/0" and first["msg"] == "POST /p/0 200"
+
+
+async def test_fields_wait_for_the_timer(writes) -> None:
+    buffer = nexus_log.AccessLineBuffer(delay=0.0, write=writes.append)
+    buffer.add_fields(_fields(1))
+    buffer.add_fields(_fields(2))
+    assert writes == []
+    await _until_written(writes)
+    (batch,) = writes
+    assert [json.loads(line)["trace_id"] for line in batch.splitlines()] == [
+        f"{1:032x}", f"{2:032x}"]
+
+
+def test_fields_without_an_event_loop_are_written_at_once(writes) -> None:
+    buffer = nexus_log.AccessLineBuffer(delay=3600, write=writes.append)
+    buffer.add_fields(_fields(1))
+    assert [json.loads(text)["trace_id"] for text in writes] == [f"{1:032x}"]
+
+
+def test_a_forked_child_drops_the_parents_fields(writes, access_buffer) -> None:
+    access_buffer._fields.append(_fields(1))
+
+    def check() -> str:
+        return str(len(nexus_log._ACCESS_BUFFER._fields))
+
+    assert _in_forked_child(check) == "0"
+    access_buffer.flush()
+    assert [json.loads(text)["trace_id"] for text in writes] == [f"{1:032x}"]
