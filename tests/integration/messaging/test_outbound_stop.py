@@ -51,8 +51,8 @@ def test_a_stop_during_a_retry_backoff_requeues_the_reply(tmp_path, fake: Thread
             wait_until(lambda: "attempt 1 failed" in engine.logs(), "the failed first attempt")
         finally:
             engine.stop()
-        assert engine.proc.returncode == 0
         logs = engine.logs()
+        assert engine.proc.returncode == 0, logs[-3000:]
         assert BACK_IN_QUEUE in logs, logs[-3000:]
         assert "Task was destroyed but it is pending" not in logs
         attempts = fake.matching(GATEWAY, lambda r: r.json()["messages"][0]["id"] == sent["id"])

@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 DEADLINE = 60.0
@@ -46,12 +47,6 @@ spec:
   roles: [admin]
   password: ${env:T1001_ADMIN_PASSWORD}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def dev_secrets(config: Path, out: Path) -> dict[str, str]:

@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engine.observability.metrics import GUIDE_METRICS
 from engine.settings import SHARED_MEMORY, default_multiproc_dir
 from tests.integration.provisioning.harness import stop_process
+from tests.ports import free_port as _free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 RUN = (
@@ -37,12 +38,6 @@ RUN = (
     "sys.exit(a.func(a))\n"
 )
 DEADLINE = 60.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass

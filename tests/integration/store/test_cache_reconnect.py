@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 
@@ -13,14 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from engine.store import Cache, CacheState, CacheUnavailable
+from tests.ports import free_port as _free_port
 
 REDIS_SERVER = shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _metric(name: str) -> float:
