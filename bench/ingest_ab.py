@@ -105,16 +105,8 @@ def run_once(side: Side, args: argparse.Namespace, round_no: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sides", nargs="+", metavar="TREE[:NAME=VALUE+...]")
-    parser.add_argument("--db-url", required=True)
-    parser.add_argument("--redis-url", required=True)
+    ib.add_load_arguments(parser, seconds=5)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--senders", type=int, default=2000)
-    parser.add_argument("--max-rate", type=int, default=16000,
-                        help="upper bound of msg/s used to size each run's unique-id pool")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (apt-get install wrk)")

@@ -307,23 +307,28 @@ def measure(port: int, secret: str, args: argparse.Namespace, tmp: Path, tag: st
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_load_arguments(parser: argparse.ArgumentParser, seconds: int) -> None:
+    """The servers and the throughput load (shared with bench/ingest_ab.py)."""
     parser.add_argument("--db-url", required=True, help="PostgreSQL server URL (a database "
                         "is created on it and dropped afterwards)")
     parser.add_argument("--redis-url", required=True)
-    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=seconds)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--senders", type=int, default=2000)
+    parser.add_argument("--max-rate", type=int, default=16000,
+                        help="upper bound of msg/s used to size the unique-id pool (a run "
+                        "that sends more than the pool repeats ids, and says so)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_load_arguments(parser, seconds=10)
     parser.add_argument("--rate", type=int, default=2000,
                         help="offered msg/s of the latency phase (paced)")
     parser.add_argument("--rate-connections", type=int, default=200,
                         help="connections of the latency phase (enough to stay open-loop)")
-    parser.add_argument("--max-rate", type=int, default=16000,
-                        help="upper bound of msg/s used to size the unique-id pool (a run "
-                        "that sends more than the pool repeats ids, and says so)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is required (apt-get install wrk)")

@@ -239,7 +239,7 @@ def _add_middleware(app: Sanic) -> None:
     track, untrack = sampler.inflight.add, sampler.inflight.discard
     count_request, count_error = metrics.REQUEST_COUNT.inc, metrics.ERROR_COUNT.inc
     trace_id_from, access_enabled = nexus_logging.trace_id_from, nexus_logging.access_enabled
-    access = nexus_logging.access
+    access_line = nexus_logging.access_line
     perf_counter = time.perf_counter
     limit = app.ctx.settings.body_limit
     # Whether Sanic takes client addresses from proxy headers; read at the first response, as
@@ -282,8 +282,8 @@ def _add_middleware(app: Sanic) -> None:
             count_error()
         untrack(request)
         if access_enabled():  # else the line's fields are not worth gathering
-            access(trace_id, request.method, _route_label(app, request), request.path,
-                   request.query_string, status, ctx.started, remote_of(request))
+            access_line(trace_id, request.method, _route_label(app, request), request.path,
+                        request.query_string, status, ctx.started, remote_of(request))
 
 
 # ---------------------------------------------------------------------- config

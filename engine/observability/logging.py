@@ -237,7 +237,6 @@ _PID = os.getpid()  # each spawned worker imports this module afresh
 
 
 def access_line(
-    *,
     trace_id: str,
     method: str,
     route: str | None,
@@ -247,20 +246,7 @@ def access_line(
     started: float,
     remote: str,
 ) -> None:
-    access(trace_id, method, route, path, query, status, started, remote)
-
-
-def access(
-    trace_id: str,
-    method: str,
-    route: str | None,
-    path: str,
-    query: str,
-    status: int,
-    started: float,
-    remote: str,
-) -> None:
-    """:func:`access_line` with positional arguments (the response middleware's call)."""
+    """The access line of a request that ended now (``started``: its ``perf_counter``)."""
     elapsed = time.perf_counter() - started
     if not _access.isEnabledFor(logging.INFO):
         return
