@@ -402,10 +402,7 @@ class AccessLineBuffer:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = self._timer_loop = None
-            if self._fields:
-                self._format_fields()
-            if self._lines:
-                self._write_batch()
+            self._write_all()
 
     def _add(self, line: str) -> None:
         size = len(line) if line.isascii() else len(line.encode("utf-8", "surrogatepass"))
@@ -424,9 +421,7 @@ class AccessLineBuffer:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no event loop (a thread, a tool): nothing would flush later
-            if self._fields:
-                self._format_fields()
-            self._write_batch()
+            self._write_all()
             return
         if self._timer_loop is not loop:  # none armed, or armed in a loop that is gone
             self._timer = loop.call_later(self.delay, self._on_timer)
@@ -435,10 +430,7 @@ class AccessLineBuffer:
     def _on_timer(self) -> None:
         with self._lock:
             self._timer = self._timer_loop = None
-            if self._fields:
-                self._format_fields()
-            if self._lines:
-                self._write_batch()
+            self._write_all()
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent writes its own pending lines."""
@@ -447,6 +439,12 @@ class AccessLineBuffer:
         self._fields = []
         self._lock = threading.RLock()
         self._timer = self._timer_loop = None
+
+    def _write_all(self) -> None:
+        """Format the fields waiting and write every line (under the lock)."""
+        if self._fields:
+            self._format_fields()
+        self._write_batch()
 
     def _write_batch(self) -> None:
         if not self._lines:
